@@ -1,0 +1,196 @@
+"""Write a phantom cohort to disk: one folder per study, four DICOM views, masks and labels.csv.
+
+Layout of OUT:
+    OUT/labels.csv                one row per breast (see LABEL_COLUMNS)
+    OUT/phantom.json              the parameters that reproduce the cohort
+    OUT/<patient_id>/LCC.dcm      ... LMLO, RCC, RMLO
+    OUT/<patient_id>/LCC_mask.png the ground-truth lesion mask of that view (255 = lesion)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dicomcr import __version__
+
+from .params import VENDOR_CHOICES, CohortMix, Difficulty
+from .study import PhantomStudy, generate_study
+
+LABEL_COLUMNS = (
+    "patient_id", "study_instance_uid", "laterality", "finding", "malignant", "lesion_types",
+    "density", "vendor", "photometric", "cc_image", "mlo_image", "cc_mask", "mlo_mask",
+)
+
+
+@dataclass(frozen=True)
+class CohortSpec:
+    """Everything that determines a cohort: the same spec always writes the same bytes."""
+
+    n_studies: int
+    seed: int = 0
+    size: str = "full"
+    vendor: str = "mixed"
+    difficulty: Difficulty = field(default_factory=Difficulty)
+    mix: CohortMix = field(default_factory=CohortMix)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_studies, int) or self.n_studies <= 0:
+            raise ValueError(f"the number of studies must be a positive integer, got {self.n_studies}")
+        if self.seed < 0:
+            raise ValueError(f"the seed must be non-negative, got {self.seed}")
+        if self.vendor not in VENDOR_CHOICES:
+            raise ValueError(f"unknown vendor {self.vendor!r}; choose one of {', '.join(VENDOR_CHOICES)}")
+        if self.size not in ("full", "small"):
+            raise ValueError(f"unknown size {self.size!r}; choose full or small")
+
+    def findings(self) -> list[str]:
+        """The finding of each study: exact counts from the mix, in a seeded random order."""
+        counts = self.mix.counts(self.n_studies)
+        findings = [f for f, n in counts.items() for _ in range(n)]
+        order = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(2**31,)))
+        return [findings[i] for i in order.permutation(len(findings))]
+
+    def vendor_of(self, index: int) -> str:
+        if self.vendor != "mixed":
+            return self.vendor
+        return ("hologic", "ge")[index % 2]
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """What was written for one study."""
+
+    patient_id: str
+    folder: str
+    finding: str
+    vendor: str
+    photometric: str
+    seconds: float
+    rows: tuple[dict[str, str], ...]
+
+
+def write_study(spec: CohortSpec, index: int, finding: str, out: Path) -> StudyRecord:
+    """Generate study `index` and write its DICOM files and masks under `out`."""
+    start = time.perf_counter()
+    vendor = spec.vendor_of(index)
+    study = generate_study(spec.seed, index, finding, vendor, spec.size, spec.difficulty)
+    folder = out / study.patient_id
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, view in enumerate(study.views, start=1):
+        study.dataset(view, number).save_as(folder / f"{view.name}.dcm", enforce_file_format=True)
+        Image.fromarray(view.lesion_mask.astype(np.uint8) * 255).save(
+            folder / f"{view.name}_mask.png", optimize=False, compress_level=1)
+    return StudyRecord(study.patient_id, study.patient_id, finding, vendor, study.photometric,
+                       time.perf_counter() - start, _label_rows(study))
+
+
+def _label_rows(study: PhantomStudy) -> tuple[dict[str, str], ...]:
+    rows = []
+    for side in ("L", "R"):
+        truth = study.breasts[side]
+        rows.append({
+            "patient_id": study.patient_id,
+            "study_instance_uid": study.study_uid,
+            "laterality": side,
+            "finding": truth.finding,
+            "malignant": str(int(truth.finding == "malignant")),
+            "lesion_types": ";".join(lesion.kind for lesion in truth.lesions),
+            "density": study.density,
+            "vendor": study.detector.key,
+            "photometric": study.photometric,
+            "cc_image": f"{study.patient_id}/{side}CC.dcm",
+            "mlo_image": f"{study.patient_id}/{side}MLO.dcm",
+            "cc_mask": f"{study.patient_id}/{side}CC_mask.png",
+            "mlo_mask": f"{study.patient_id}/{side}MLO_mask.png",
+        })
+    return tuple(rows)
+
+
+def _init_worker() -> None:
+    # One core per worker: the parallelism is across studies.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def iter_cohort(spec: CohortSpec, out: Path, workers: int = 1) -> Iterator[StudyRecord]:
+    """Write every study of `spec` under `out`, yielding each record as its study is done."""
+    findings = spec.findings()
+    if workers <= 1:
+        for index, finding in enumerate(findings):
+            yield write_study(spec, index, finding, out)
+        return
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+        futures = [pool.submit(write_study, spec, i, f, out) for i, f in enumerate(findings)]
+        for future in futures:
+            yield future.result()
+
+
+@dataclass
+class CohortSummary:
+    out: Path
+    studies: int
+    images: int
+    findings: dict[str, int]
+    vendors: dict[str, int]
+    photometric: dict[str, int]
+    seconds: float
+    seconds_per_study: float
+    bytes_written: int
+
+
+def write_cohort(
+    spec: CohortSpec, out: Path, workers: int = 1,
+    progress: Callable[[StudyRecord], None] | None = None,
+) -> CohortSummary:
+    """Write the whole cohort, labels.csv and phantom.json; return what was written."""
+    out = Path(out)
+    _check_writable(out)
+    start = time.perf_counter()
+    records = []
+    for record in iter_cohort(spec, out, workers):
+        records.append(record)
+        if progress is not None:
+            progress(record)
+    records.sort(key=lambda r: r.patient_id)
+    with open(out / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LABEL_COLUMNS)
+        writer.writeheader()
+        for record in records:
+            writer.writerows(record.rows)
+    (out / "phantom.json").write_text(json.dumps({
+        "generator": f"dicomcr {__version__}",
+        "n_studies": spec.n_studies, "seed": spec.seed, "size": spec.size, "vendor": spec.vendor,
+        "difficulty": asdict(spec.difficulty), "mix": asdict(spec.mix),
+    }, indent=2) + "\n")
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    elapsed = time.perf_counter() - start
+    return CohortSummary(
+        out=out, studies=len(records), images=4 * len(records),
+        findings=dict(Counter(r.finding for r in records)),
+        vendors=dict(Counter(r.vendor for r in records)),
+        photometric=dict(Counter(r.photometric for r in records)),
+        seconds=elapsed, seconds_per_study=sum(r.seconds for r in records) / len(records),
+        bytes_written=size,
+    )
+
+
+def _check_writable(out: Path) -> None:
+    """Fail early, with the path, when OUT cannot be created or written."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the output folder {out}: {exc.strerror}") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"the output folder {out} is not writable")
