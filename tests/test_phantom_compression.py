@@ -31,7 +31,8 @@ def test_calcifications_survive_cr_20_and_vanish_at_cr_5000() -> None:
     retained = {}
     for cr in (20, 5000):
         decoded, achieved = _j2k_roundtrip(view.pixels, study.detector.bits_stored, cr)
-        assert abs(achieved / cr - 1) < 0.15
+        # OpenJPEG's rate control overshoots at high CRs (the transcoder corrects that).
+        assert 0.98 < achieved / cr < 1.25, achieved
         kept = (decoded.astype(float) - plain.pixels)[spots]
         retained[cr] = float(kept @ signal[spots] / (signal[spots] @ signal[spots]))
     assert retained[20] > 0.9, retained

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .fields import power_law_noise, smoothstep
+from .fields import power_law_noise, smoothstep, upsample
 from .params import Tissue
 
 MLO_ANGLE_DEG = 45.0
@@ -99,7 +99,8 @@ class BreastTissue:
     """Per-breast composition, shared by both views of that breast."""
 
     density: float  # mean fibroglandular fraction inside the glandular cone
-    texture_amplitude: float
+    texture_amplitude: float  # logit-scale amplitude of the power-law texture
+    patchiness: float  # logit-scale amplitude of centimetre-scale density variation
     subcutaneous_fat_mm: float
     retromammary_fat_mm: float
 
@@ -142,20 +143,26 @@ def breast_fields(
 
     # Fibroglandular tissue: a power-law texture inside a cone behind the nipple, fat around it.
     texture = power_law_noise(grid, physics.texture_beta, spacing_mm, rng)
+    # Patchy density on the scale of centimetres: where the fibroglandular tissue gathers.
+    coarse_grid = (grid[0] // 8 + 2, grid[1] // 8 + 2)
+    patches = power_law_noise(coarse_grid, physics.texture_beta, spacing_mm * 8, rng,
+                              lowest_frequency_per_mm=1 / 100.0)
+    patches = upsample(patches, 8, (coarse_grid[0] * 8, coarse_grid[1] * 8))[: grid[0], : grid[1]]
     cone = smoothstep(dist, tissue.subcutaneous_fat_mm, tissue.subcutaneous_fat_mm + 15.0)
     cone *= smoothstep(np.broadcast_to(x, grid), tissue.retromammary_fat_mm,
                        tissue.retromammary_fat_mm + 15.0)
     cone *= np.clip(1.3 - 0.5 * r, 0.0, 1.0)  # denser towards the centre of the breast
     # A logistic of the texture keeps the fraction in (0, 1) without clipped, flat patches.
     logit = np.log(tissue.density / (1.0 - tissue.density))
-    gland = cone / (1.0 + np.exp(-(logit + tissue.texture_amplitude * texture)))
+    gland = cone / (1.0 + np.exp(-(logit + tissue.texture_amplitude * texture
+                                   + tissue.patchiness * patches)))
     mu = physics.fat + (physics.gland - physics.fat) * gland
     attenuation = physics.skin * skin_path + mu * (thick - skin_path)
 
     if shape.pectoral is not None:
         level = shape.pectoral.inside(np.broadcast_to(x, grid), np.broadcast_to(y, grid))
         # The muscle fills more of the thickness towards the axilla, and it is striated.
-        muscle = smoothstep(level, -1.5, 1.5) * (0.45 + 0.45 * smoothstep(level, 0.0, 40.0))
+        muscle = smoothstep(level, -1.5, 1.5) * (0.3 + 0.35 * smoothstep(level, 0.0, 40.0))
         muscle *= breast
         striation = power_law_noise(grid, 2.5, spacing_mm, rng) * 0.004
         mixed = physics.muscle + striation - mu

@@ -256,6 +256,7 @@ def generate_study(
         tissues[side] = BreastTissue(
             density=base_density * side_rng.uniform(0.92, 1.08),
             texture_amplitude=rng.uniform(0.4, 0.7),
+            patchiness=rng.uniform(0.6, 1.2),
             subcutaneous_fat_mm=side_rng.uniform(3.0, 10.0),
             retromammary_fat_mm=side_rng.uniform(4.0, 14.0),
         )
