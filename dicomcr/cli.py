@@ -82,3 +82,70 @@ def phantom(
                           f"{workers} worker{'s' if workers > 1 else ''})")
     table.add_row("labels", str(summary.out / "labels.csv"))
     Console().print(table)
+
+
+@app.command()
+def transcode(
+    source: Annotated[Path, typer.Argument(help="A DICOM file, or a folder (searched recursively).")],
+    out: Annotated[Path, typer.Argument(help="Output folder: one sub-folder (series) per CR.")],
+    cr: Annotated[list[float] | None, typer.Option("--cr", help="Target compression ratio "
+                                                   "(repeatable), as the paper defines it.")] = None,
+    ladder: Annotated[str | None, typer.Option(help="A named CR ladder: 'paper' (15 ... 11000).")
+                      ] = None,
+    lossless: Annotated[bool, typer.Option("--lossless", help="Also write JPEG 2000 lossless.")
+                        ] = False,
+    workers: Annotated[int, typer.Option(help="Processes; default: all cores.")] = 0,
+) -> None:
+    """Rewrite images as JPEG 2000 at exact compression ratios, with the derived-image bookkeeping."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from dicomcr.transcode import LADDERS, find_inputs, transcode_file, write_manifest
+
+    targets = list(cr or [])
+    if ladder is not None:
+        if ladder not in LADDERS:
+            _fail(f"unknown ladder {ladder!r}; choose one of {', '.join(LADDERS)}")
+        targets += LADDERS[ladder]
+    if not targets and not lossless:
+        _fail("nothing to do: give --cr, --ladder or --lossless")
+    bad = [t for t in targets if not t > 1]
+    if bad:
+        _fail(f"compression ratio must be > 1 (use --lossless for lossless), got {bad[0]:g}")
+    try:
+        inputs = list(find_inputs(source))
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    if not inputs:
+        _fail(f"no DICOM files under {source}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"cannot create the output folder {out}: {exc.strerror}")
+    workers = min(workers if workers > 0 else (os.cpu_count() or 1), len(inputs))
+
+    rows = []
+    columns = (TextColumn("[bold]transcode"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("files"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar, ProcessPoolExecutor(workers) as pool:
+        task = bar.add_task("transcode", total=len(inputs))
+        jobs = [pool.submit(transcode_file, path, out, relative, targets, lossless)
+                for path, relative in inputs]
+        for job in jobs:
+            rows += job.result()
+            bar.advance(task)
+    write_manifest(rows, out / "manifest.csv")
+
+    table = Table(title=f"Transcoded {len(inputs)} file(s) into {out}")
+    for name in ("file", "target CR", "achieved CR", "PSNR dB", "status"):
+        table.add_column(name, overflow="fold")
+    for row in rows[:200]:
+        status = "ok" if row.status == "ok" else f"[red]failed: {row.error}[/]"
+        table.add_row(row.source, row.target, row.achieved_cr, row.psnr_db, status)
+    if len(rows) > 200:
+        table.add_row("…", f"{len(rows) - 200} more rows in manifest.csv", "", "", "")
+    Console().print(table)
+    failed = sorted({row.source for row in rows if row.status != "ok"})
+    console.print(f"manifest: {out / 'manifest.csv'}")
+    if failed:
+        console.print(f"[bold red]{len(failed)} of {len(inputs)} file(s) failed[/]")
+        raise typer.Exit(code=1)

@@ -1,0 +1,156 @@
+"""JPEG 2000 codestream surgery: read the layer structure, cut a standalone codestream after a layer.
+
+A lossy encode with one quality layer per target CR, LRCP progression and PLT markers (packet
+lengths) lets every CR of a ladder be taken from one encode: the packets of layer k are contiguous,
+so the codestream truncated after them, with the layer count in COD, the tile-part length in SOT
+and the PLT rewritten and EOC appended, is a valid codestream of k + 1 layers (ISO 15444-1 A.4-A.7).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+SOC, SOT, SOD, EOC = 0xFF4F, 0xFF90, 0xFF93, 0xFFD9
+SIZ, COD, PLT = 0xFF51, 0xFF52, 0xFF58
+
+
+class CodestreamError(ValueError):
+    """The bytes are not a JPEG 2000 codestream this module can read."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things are in a single-tile, single-tile-part, LRCP codestream with PLT markers."""
+
+    main_header: bytes  # SOC .. up to the SOT, COD included
+    cod_layers_offset: int  # byte offset of COD's 16-bit layer count inside main_header
+    layers: int
+    progression: int  # 0 = LRCP
+    tile_index: int
+    packet_lengths: tuple[int, ...]
+    data: bytes  # the tile-part's packet data (after SOD)
+
+    @property
+    def packets_per_layer(self) -> int:
+        return len(self.packet_lengths) // self.layers
+
+    def layer_end(self, layer: int) -> int:
+        """Bytes of packet data up to and including `layer` (0-based)."""
+        return sum(self.packet_lengths[: (layer + 1) * self.packets_per_layer])
+
+    def truncated(self, layer: int) -> bytes:
+        """A standalone codestream holding layers 0..`layer`."""
+        if not 0 <= layer < self.layers:
+            raise ValueError(f"layer must be in 0..{self.layers - 1}, got {layer}")
+        return self.cut((layer + 1) * self.packets_per_layer)
+
+    def _cut_plan(self, packets: int) -> tuple[int, list[int]]:
+        if not 0 < packets <= len(self.packet_lengths):
+            raise ValueError(f"packets must be in 1..{len(self.packet_lengths)}, got {packets}")
+        per_layer = self.packets_per_layer
+        layers = -(-packets // per_layer)
+        # The rest of a partly kept layer becomes empty packets (one 0x00 byte each): a valid
+        # packet that includes no code-block, so the cut can fall between any two packets.
+        padding = layers * per_layer - packets
+        return layers, list(self.packet_lengths[:packets]) + [1] * padding
+
+    def cut_size(self, packets: int) -> int:
+        """Bytes of `cut(packets)`, computed without building it."""
+        _, lengths = self._cut_plan(packets)
+        plt = sum(len(_encode_length(v)) for v in lengths)
+        plt += 5 * (1 + plt // 0xFFF0)  # marker segment headers (upper bound when several)
+        return len(self.main_header) + 12 + plt + 2 + sum(lengths) + 2
+
+    def cut(self, packets: int) -> bytes:
+        """A standalone codestream holding the first `packets` packets (LRCP order)."""
+        layers, lengths = self._cut_plan(packets)
+        header = bytearray(self.main_header)
+        struct.pack_into(">H", header, self.cod_layers_offset, layers)
+        plt = _plt_segments(lengths)
+        body = self.data[: sum(self.packet_lengths[:packets])]
+        body += b"\x00" * (len(lengths) - packets)
+        psot = 12 + len(plt) + 2 + len(body)  # SOT segment, PLT, SOD, data
+        sot = struct.pack(">HHHIBB", SOT, 10, self.tile_index, psot, 0, 1)
+        return bytes(header) + sot + plt + struct.pack(">H", SOD) + body + struct.pack(">H", EOC)
+
+
+def _read_plt(payload: bytes) -> list[int]:
+    values, current = [], 0
+    for byte in payload:
+        current = (current << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            values.append(current)
+            current = 0
+    if current:
+        raise CodestreamError("PLT ends inside a packet length")
+    return values
+
+
+def _encode_length(value: int) -> bytes:
+    groups = [value & 0x7F]
+    value >>= 7
+    while value:
+        groups.append(0x80 | (value & 0x7F))
+        value >>= 7
+    return bytes(reversed(groups))
+
+
+def _plt_segments(lengths: tuple[int, ...] | list[int]) -> bytes:
+    """PLT marker segments (each at most 65535 bytes long) listing `lengths`."""
+    out, chunk, index = bytearray(), bytearray(), 0
+    for value in lengths:
+        encoded = _encode_length(value)
+        if 3 + len(chunk) + len(encoded) > 0xFFFF:
+            out += struct.pack(">HHB", PLT, 3 + len(chunk), index) + chunk
+            chunk, index = bytearray(), index + 1
+        chunk += encoded
+    out += struct.pack(">HHB", PLT, 3 + len(chunk), index) + chunk
+    return bytes(out)
+
+
+def parse(codestream: bytes) -> Layout:
+    """Read the layer layout of a codestream written by `encode_layers` (see j2k)."""
+    cs = bytes(codestream)
+    if len(cs) < 4 or struct.unpack_from(">H", cs, 0)[0] != SOC:
+        raise CodestreamError("not a JPEG 2000 codestream (no SOC marker)")
+    pos, cod_offset, layers, progression = 2, None, None, None
+    while True:
+        if pos + 4 > len(cs):
+            raise CodestreamError("codestream ends inside its main header")
+        marker, length = struct.unpack_from(">HH", cs, pos)
+        if marker == SOT:
+            break
+        if marker & 0xFF00 != 0xFF00 or length < 2:
+            raise CodestreamError(f"corrupt main header at byte {pos}")
+        if marker == COD:
+            progression = cs[pos + 5]
+            layers = struct.unpack_from(">H", cs, pos + 6)[0]
+            cod_offset = pos + 6
+        pos += 2 + length
+    if cod_offset is None or layers is None:
+        raise CodestreamError("codestream has no COD marker")
+    main_header = cs[:pos]
+    _, lsot, tile, psot, tpsot, tnsot = struct.unpack_from(">HHHIBB", cs, pos)
+    if tpsot != 0 or tnsot not in (0, 1):
+        raise CodestreamError("only single tile-part codestreams can be cut into layers")
+    tile_start, pos = pos, pos + 2 + lsot
+    lengths: list[int] = []
+    while True:
+        if pos + 2 > len(cs):
+            raise CodestreamError("codestream ends inside a tile-part header")
+        marker = struct.unpack_from(">H", cs, pos)[0]
+        if marker == SOD:
+            pos += 2
+            break
+        seg = struct.unpack_from(">H", cs, pos + 2)[0]
+        if marker == PLT:
+            lengths += _read_plt(cs[pos + 5: pos + 2 + seg])
+        pos += 2 + seg
+    end = tile_start + psot if psot else len(cs) - 2
+    data = cs[pos:end]
+    if not lengths:
+        raise CodestreamError("codestream has no PLT marker: packet boundaries are unknown")
+    if len(lengths) % layers or sum(lengths) != len(data):
+        raise CodestreamError("PLT packet lengths do not match the tile-part's data")
+    return Layout(main_header, cod_offset, layers, progression, tile, tuple(lengths), data)

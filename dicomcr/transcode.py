@@ -1,0 +1,110 @@
+"""Transcoding jobs: one input file in, one output image per target CR out, and a manifest row each.
+
+`transcode_file` is the unit of work of both `dicomcr transcode` and the node's worker: a pure
+function of its arguments (no state between calls), safe to run in any process, idempotent (the
+same input writes the same output objects under the same names).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from .codec.j2k import PAPER_LADDER, Encoded, check_targets, encode_ladder, encode_lossless
+from .dicom.derive import cr_label, derive
+from .dicom.source import InputError, read_source
+
+LADDERS = {"paper": PAPER_LADDER}
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One line of OUT/manifest.csv."""
+
+    source: str
+    output: str
+    target: str  # "20", "11000" or "lossless"
+    achieved_cr: str
+    psnr_db: str
+    status: str  # "ok" or "failed"
+    error: str = ""
+    seconds: str = ""
+
+
+MANIFEST_COLUMNS = tuple(f.name for f in fields(ManifestRow))
+
+
+def _write_atomically(ds, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    ds.save_as(partial, enforce_file_format=True)
+    os.replace(partial, path)
+
+
+def transcode_file(
+    source_path: Path, out: Path, relative: Path, targets: Sequence[float], lossless: bool = False,
+) -> list[ManifestRow]:
+    """Transcode one file into OUT/<cr label>/<relative>; failures become rows, never exceptions."""
+    start = time.perf_counter()
+    labels = [f"{cr:g}" for cr in sorted(set(targets), reverse=True)] + (["lossless"] if lossless
+                                                                         else [])
+    try:
+        source = read_source(source_path)
+        encoded: list[Encoded] = []
+        if targets:
+            check_targets(targets, source.pixels.size * source.bits_allocated // 8)
+            encoded += encode_ladder(source.pixels, source.bits_stored, targets,
+                                     source.bits_allocated)
+        if lossless:
+            encoded.append(encode_lossless(source.pixels, source.bits_stored,
+                                           source.bits_allocated))
+    except (InputError, ValueError) as exc:
+        return [ManifestRow(str(source_path), "", label, "", "", "failed", str(exc))
+                for label in labels]
+    seconds = (time.perf_counter() - start) / max(len(encoded), 1)
+    rows = []
+    for item in encoded:
+        destination = out / cr_label(item.target_cr) / relative
+        _write_atomically(derive(source.dataset, item, source.lossy), destination)
+        rows.append(ManifestRow(
+            str(source_path), str(destination),
+            "lossless" if item.lossless else f"{item.target_cr:g}",
+            f"{item.achieved_cr:.2f}", f"{item.psnr_db:.2f}", "ok", "", f"{seconds:.2f}",
+        ))
+    return rows
+
+
+def is_dicom_candidate(path: Path) -> bool:
+    """Files a folder walk hands to the transcoder: *.dcm, or anything with the DICM preamble."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def find_inputs(root: Path) -> Iterator[tuple[Path, Path]]:
+    """(path, path relative to the output series) for a file, or every DICOM file under a folder."""
+    root = Path(root)
+    if root.is_file():
+        yield root, Path(root.name)
+        return
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} does not exist")
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        if is_dicom_candidate(path):
+            yield path, path.relative_to(root)
+
+
+def write_manifest(rows: Sequence[ManifestRow], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        writer.writerows(asdict(row) for row in rows)
