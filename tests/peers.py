@@ -23,6 +23,7 @@ APT_PACKAGE = {
     "opj_decompress": "libopenjp2-tools",
     "opj_compress": "libopenjp2-tools",
     "Orthanc": "orthanc",
+    "ojph_compress": "openjph-tools",
 }
 
 

@@ -95,4 +95,15 @@ def read_source(path: Path) -> SourceImage:
         raise InputError(f"cannot decode Pixel Data ({name}): {exc}") from exc
     if pixels.shape != (int(ds.Rows), int(ds.Columns)):
         raise InputError(f"decoded shape {pixels.shape} differs from Rows x Columns")
+    ts = ds.file_meta.get("TransferSyntaxUID")
+    if ts is not None and ts.is_compressed:
+        # Entropy-coded data has no checksum: a corrupt codestream often decodes "successfully"
+        # to values that BitsStored cannot hold. Native data may carry unused high bits, so only
+        # decoded codestreams are checked.
+        bits = int(ds.BitsStored)
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+        if int(pixels.min()) < lo or int(pixels.max()) > hi:
+            raise InputError(f"decoded values {int(pixels.min())}..{int(pixels.max())} do not fit "
+                             f"{bits} bits stored: corrupt codestream")
     return SourceImage(path, ds, pixels)
