@@ -11,6 +11,7 @@ import numpy as np
 import openjpeg
 import pydicom
 import pytest
+from openjpeg.utils import encode_array
 from peers import dciodvfy, require
 from pydicom.encaps import encapsulate, generate_frames
 from typer.testing import CliRunner
@@ -314,8 +315,6 @@ def test_a_cut_inside_a_layer_is_valid_for_opj_decompress(tmp_path: Path) -> Non
     opj = require("opj_decompress")
     study = generate_study(3, 1, "normal", "ge", "small")
     pixels = study.views[0].pixels
-    from openjpeg.utils import encode_array
-
     stream = encode_array(pixels, bits_stored=14, photometric_interpretation=2,
                           compression_ratios=[200, 50, 10], add_plt=True)
     layout = parse(stream)

@@ -52,7 +52,8 @@ def _multi(ds: Dataset, keyword: str) -> list[str]:
 def derive(source: Dataset, encoded: Encoded, source_lossy: bool) -> Dataset:
     """The transcoded dataset: `source` with `encoded` as its Pixel Data and the bookkeeping."""
     ds = copy.deepcopy(source)
-    del ds.PixelData
+    if "PixelData" in ds:
+        del ds.PixelData
     lossy = not encoded.lossless
     syntax = JPEG2000 if lossy else JPEG2000Lossless
     label = cr_label(encoded.target_cr)

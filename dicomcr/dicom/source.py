@@ -27,7 +27,7 @@ class InputError(ValueError):
 
 @dataclass
 class SourceImage:
-    """A single-frame monochrome image and the dataset it came from."""
+    """A single-frame monochrome image and its dataset (header only: Pixel Data is released)."""
 
     path: Path
     dataset: Dataset
@@ -106,4 +106,5 @@ def read_source(path: Path) -> SourceImage:
         if int(pixels.min()) < lo or int(pixels.max()) > hi:
             raise InputError(f"decoded values {int(pixels.min())}..{int(pixels.max())} do not fit "
                              f"{bits} bits stored: corrupt codestream")
+    del ds.PixelData  # the decoded pixels hold the image; keep one copy of it in memory, not two
     return SourceImage(path, ds, pixels)
