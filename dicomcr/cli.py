@@ -99,6 +99,7 @@ def transcode(
     """Rewrite images as JPEG 2000 at exact compression ratios, with the derived-image bookkeeping."""
     from concurrent.futures import ProcessPoolExecutor
 
+    from dicomcr.codec.j2k import check_ratio
     from dicomcr.transcode import LADDERS, find_inputs, transcode_file, write_manifest
 
     targets = list(cr or [])
@@ -108,9 +109,10 @@ def transcode(
         targets += LADDERS[ladder]
     if not targets and not lossless:
         _fail("nothing to do: give --cr, --ladder or --lossless")
-    bad = [t for t in targets if not t > 1]
-    if bad:
-        _fail(f"compression ratio must be > 1 (use --lossless for lossless), got {bad[0]:g}")
+    try:
+        targets = [check_ratio(t) for t in targets]
+    except ValueError as exc:
+        _fail(str(exc))
     try:
         inputs = list(find_inputs(source))
     except FileNotFoundError as exc:

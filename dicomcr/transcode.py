@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .codec.j2k import PAPER_LADDER, Encoded, check_targets, encode_ladder, encode_lossless
+from .codec.j2k import PAPER_LADDER, Encoded, encode_ladder, encode_lossless
 from .dicom.derive import cr_label, derive
 from .dicom.source import InputError, read_source
 
@@ -56,7 +56,6 @@ def transcode_file(
         source = read_source(source_path)
         encoded: list[Encoded] = []
         if targets:
-            check_targets(targets, source.pixels.size * source.bits_allocated // 8)
             encoded += encode_ladder(source.pixels, source.bits_stored, targets,
                                      source.bits_allocated)
         if lossless:

@@ -56,7 +56,8 @@ class Layout:
         return layers, list(self.packet_lengths[:packets]) + [1] * padding
 
     def cut_size(self, packets: int) -> int:
-        """Bytes of `cut(packets)`, computed without building it."""
+        """Bytes of `cut(packets)` without building it: exact while the PLT fits one segment
+        (64 KiB of lengths), within a few bytes when it needs several."""
         _, lengths = self._cut_plan(packets)
         plt = sum(len(_encode_length(v)) for v in lengths)
         plt += 5 * (1 + plt // 0xFFF0)  # marker segment headers (upper bound when several)

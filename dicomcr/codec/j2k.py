@@ -70,15 +70,20 @@ def decode(codestream: bytes) -> np.ndarray:
     return openjpeg.decode(codestream)
 
 
+def check_ratio(cr: float) -> float:
+    """A target CR as a float, or ValueError: it must be finite and above 1."""
+    cr = float(cr)
+    if not np.isfinite(cr) or cr <= 1.0:
+        raise ValueError(f"compression ratio must be > 1 (use lossless for 1), got {cr:g}")
+    return cr
+
+
 def check_targets(targets: Sequence[float], raw_bytes: int) -> list[float]:
     """Validate target CRs for an image of `raw_bytes`; return them sorted, highest first."""
     if not targets:
         raise ValueError("no target compression ratio given")
     checked = set()
-    for cr in targets:
-        cr = float(cr)
-        if not np.isfinite(cr) or cr <= 1.0:
-            raise ValueError(f"compression ratio must be > 1 (use lossless for 1), got {cr:g}")
+    for cr in map(check_ratio, targets):
         if raw_bytes / cr < MIN_CODESTREAM_BYTES:
             raise ValueError(
                 f"compression ratio {cr:g} is absurd for this image: {raw_bytes} bytes would "
@@ -164,9 +169,3 @@ def _strictly_decreasing(rates: list[float]) -> list[float]:
             rate = out[-1] * 0.999
         out.append(max(rate, 1.0 + 1e-3 * (len(rates) - len(out))))
     return out
-
-
-def encode_at_cr(pixels: np.ndarray, bits_stored: int, cr: float, bits_allocated: int = 16
-                 ) -> Encoded:
-    """Lossy JPEG 2000 at one target CR."""
-    return encode_ladder(pixels, bits_stored, [cr], bits_allocated)[0]

@@ -71,8 +71,7 @@ class CohortSpec:
 class StudyRecord:
     """What was written for one study."""
 
-    patient_id: str
-    folder: str
+    patient_id: str  # also the study's folder name
     finding: str
     vendor: str
     photometric: str
@@ -91,7 +90,7 @@ def write_study(spec: CohortSpec, index: int, finding: str, out: Path) -> StudyR
         study.dataset(view, number).save_as(folder / f"{view.name}.dcm", enforce_file_format=True)
         Image.fromarray(view.lesion_mask.astype(np.uint8) * 255).save(
             folder / f"{view.name}_mask.png", optimize=False, compress_level=1)
-    return StudyRecord(study.patient_id, study.patient_id, finding, vendor, study.photometric,
+    return StudyRecord(study.patient_id, finding, vendor, study.photometric,
                        time.perf_counter() - start, _label_rows(study))
 
 

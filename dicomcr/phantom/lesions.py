@@ -42,10 +42,6 @@ class Lesion:
     aspect: float  # mass elongation
     calcifications: tuple[Calcification, ...] = ()
 
-    @property
-    def malignant(self) -> bool:
-        return self.kind in MALIGNANT_KINDS
-
 
 def draw_lesion(kind: str, position: tuple[float, float, float], difficulty: Difficulty,
                 rng: np.random.Generator) -> Lesion:
