@@ -151,3 +151,60 @@ def transcode(
     if failed:
         console.print(f"[bold red]{len(failed)} of {len(inputs)} file(s) failed[/]")
         raise typer.Exit(code=1)
+
+
+@app.command()
+def echo(
+    address: Annotated[str, typer.Argument(help="HOST:PORT of the peer.")],
+    aet: Annotated[str, typer.Option("--aet", help="The peer's (called) AE title.")],
+    calling_aet: Annotated[str, typer.Option(help="Our (calling) AE title.")] = "DICOMCR",
+) -> None:
+    """C-ECHO a DICOM peer: checks that it is reachable and accepts us."""
+    from dicomcr.net.scu import NetworkError, Peer
+    from dicomcr.net.scu import echo as c_echo
+
+    try:
+        peer = Peer.parse(address, aet, calling_aet)
+        status = c_echo(peer)
+    except (ValueError, NetworkError) as exc:
+        _fail(str(exc))
+    if status != 0:
+        _fail(f"{peer} answered C-ECHO with status 0x{status:04X}")
+    Console().print(f"C-ECHO {peer}: success")
+
+
+@app.command()
+def send(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders (recursive).")],
+    to: Annotated[str, typer.Option("--to", help="HOST:PORT of the peer.")],
+    aet: Annotated[str, typer.Option("--aet", help="The peer's (called) AE title.")],
+    calling_aet: Annotated[str, typer.Option(help="Our (calling) AE title.")] = "DICOMCR",
+) -> None:
+    """C-STORE DICOM files to a peer, with progress; exit 1 if any file was not stored."""
+    from dicomcr.net.scu import NetworkError, Peer
+    from dicomcr.net.scu import send as c_store
+    from dicomcr.transcode import find_inputs
+
+    try:
+        peer = Peer.parse(to, aet, calling_aet)
+        files = [path for root in paths for path, _ in find_inputs(root)]
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if not files:
+        _fail("no DICOM files to send")
+    failed = []
+    columns = (TextColumn("[bold]send"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
+               TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("send", total=len(files))
+            for result in c_store(peer, files):
+                bar.advance(task)
+                if not result.ok:
+                    failed.append(result)
+                    console.print(f"[red]{result.path}: {result.error}[/]")
+    except (ValueError, NetworkError) as exc:
+        _fail(str(exc))
+    Console().print(f"stored {len(files) - len(failed)} of {len(files)} file(s) at {peer}")
+    if failed:
+        raise typer.Exit(code=1)

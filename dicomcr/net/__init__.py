@@ -1,0 +1,1 @@
+"""DICOM networking shared by the command line and the node: the SCU side (echo, store)."""
