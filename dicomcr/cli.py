@@ -35,8 +35,10 @@ def main(
     """dicomcr: JPEG 2000 at exact compression ratios for mammography, as a DICOM toolkit."""
 
 
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+def fail(message: str) -> None:
+    """Say what is wrong (whole lines, no markup from the message) and exit with status 2."""
+    console.print("[bold red]error:[/] ", end="")
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -56,7 +58,7 @@ def phantom(
     try:
         spec = CohortSpec(n_studies=studies, seed=seed, size=size, vendor=vendor)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     workers = workers if workers > 0 else (os.cpu_count() or 1)
     workers = min(workers, studies)
     columns = (TextColumn("[bold]phantom"), BarColumn(), MofNCompleteColumn(),
@@ -66,7 +68,7 @@ def phantom(
         try:
             summary = write_cohort(spec, out, workers, progress=lambda _: bar.advance(task))
         except ValueError as exc:
-            _fail(str(exc))
+            fail(str(exc))
 
     table = Table(title="Phantom cohort", show_header=False)
     table.add_column(style="bold", no_wrap=True)
@@ -105,24 +107,24 @@ def transcode(
     targets = list(cr or [])
     if ladder is not None:
         if ladder not in LADDERS:
-            _fail(f"unknown ladder {ladder!r}; choose one of {', '.join(LADDERS)}")
+            fail(f"unknown ladder {ladder!r}; choose one of {', '.join(LADDERS)}")
         targets += LADDERS[ladder]
     if not targets and not lossless:
-        _fail("nothing to do: give --cr, --ladder or --lossless")
+        fail("nothing to do: give --cr, --ladder or --lossless")
     try:
         targets = [check_ratio(t) for t in targets]
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
         inputs = list(find_inputs(source))
     except FileNotFoundError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not inputs:
-        _fail(f"no DICOM files under {source}")
+        fail(f"no DICOM files under {source}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        _fail(f"cannot create the output folder {out}: {exc.strerror}")
+        fail(f"cannot create the output folder {out}: {exc.strerror}")
     workers = min(workers if workers > 0 else (os.cpu_count() or 1), len(inputs))
 
     rows = []
@@ -167,9 +169,9 @@ def echo(
         peer = Peer.parse(address, aet, calling_aet)
         status = c_echo(peer)
     except (ValueError, NetworkError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if status != 0:
-        _fail(f"{peer} answered C-ECHO with status 0x{status:04X}")
+        fail(f"{peer} answered C-ECHO with status 0x{status:04X}")
     Console().print(f"C-ECHO {peer}: success")
 
 
@@ -189,9 +191,9 @@ def send(
         peer = Peer.parse(to, aet, calling_aet)
         files = [path for root in paths for path, _ in find_inputs(root)]
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not files:
-        _fail("no DICOM files to send")
+        fail("no DICOM files to send")
     failed = []
     columns = (TextColumn("[bold]send"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
                TimeElapsedColumn())
@@ -204,7 +206,8 @@ def send(
                     failed.append(result)
                     console.print(f"[red]{result.path}: {result.error}[/]")
     except (ValueError, NetworkError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     Console().print(f"stored {len(files) - len(failed)} of {len(files)} file(s) at {peer}")
     if failed:
         raise typer.Exit(code=1)
+

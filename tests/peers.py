@@ -99,3 +99,61 @@ class StoreSCP:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+class Orthanc:
+    """Orthanc as the PACS: its own folder, DICOM and HTTP on free loopback ports, no plugins."""
+
+    def __init__(self, folder: Path, aet: str = "ORTHANC", dicom_port: int | None = None) -> None:
+        import json
+
+        self.folder, self.aet = folder, aet
+        self.dicom_port = dicom_port or free_port()
+        self.http_port = free_port()
+        folder.mkdir(parents=True, exist_ok=True)
+        config = folder / "orthanc.json"
+        config.write_text(json.dumps({
+            "Name": "dicomcr-test", "StorageDirectory": str(folder / "db"),
+            "IndexDirectory": str(folder / "db"), "DicomAet": aet, "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
+        }))
+        self.process = subprocess.Popen([require("Orthanc"), str(config)], stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        wait_for_port(self.http_port, self.process)
+        wait_for_port(self.dicom_port, self.process)
+
+    def get(self, path: str, text: bool = False):
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+            body = r.read()
+        return body.decode() if text else json.loads(body)
+
+    def instances(self) -> list[dict]:
+        """Every stored instance: its simplified tags plus its transfer syntax."""
+        out = []
+        for instance in self.get("/instances"):
+            tags = self.get(f"/instances/{instance}/tags?simplify")
+            tags["TransferSyntax"] = self.get(f"/instances/{instance}/metadata/TransferSyntax",
+                                              text=True)
+            out.append(tags)
+        return out
+
+    def wait_for(self, count: int, timeout: float = 60.0) -> list[dict]:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.get("/instances")) >= count:
+                return self.instances()
+            time.sleep(0.25)
+        pytest.fail(f"Orthanc holds {len(self.get('/instances'))} instances, {count} expected")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()

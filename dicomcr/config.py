@@ -1,0 +1,171 @@
+"""The node's configuration (YAML), validated at load: a bad file is refused naming the key.
+
+The shape is the design card's: node, sites, destinations, forward, inference. With no file, the
+built-in default runs on 127.0.0.1:11112 as DICOMCR, accepts any calling AE at CR 20, and archives
+into a local folder.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 1-16 printable ASCII, no backslash
+ANY_AE = "*"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names file, key and what was expected."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _ae(value: str) -> str:
+    if not AE_TITLE.match(value) or value.strip() != value.rstrip():
+        raise ValueError("an AE title is 1-16 printable ASCII characters without '\\'")
+    return value.strip()
+
+
+class TLS(Strict):
+    cert: Path
+    key: Path
+    ca: Path | None = None  # when given, client certificates are required and checked against it
+
+
+class NodeSection(Strict):
+    ae_title: str = "DICOMCR"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 11112
+    storage: Path = Path("./dicomcr-data")
+    stable_seconds: Annotated[float, Field(gt=0)] = 30.0
+    accept_unknown_ae: bool = False
+    workers: int | Literal["auto"] = "auto"
+    http_port: Annotated[int, Field(ge=0, le=65535)] = 8080  # 0: no HTTP endpoint
+    max_associations: Annotated[int, Field(ge=1, le=1000)] = 10
+    max_instance_mb: Annotated[float, Field(gt=0, le=4096)] = 512.0
+    max_pdu: Annotated[int, Field(ge=0, le=2**32 - 1)] = 65536  # 0: unlimited
+    acse_timeout: Annotated[float, Field(gt=0)] = 30.0
+    dimse_timeout: Annotated[float, Field(gt=0)] = 60.0
+    network_timeout: Annotated[float, Field(gt=0)] = 60.0
+    tls: TLS | None = None
+
+    _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _ae(v)))
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError("workers is 'auto' or 1..256")
+        return value
+
+
+class Site(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    calling_ae: Annotated[list[str], Field(min_length=1)]
+    cr: float | Literal["lossless", "none"]
+    model: Path | None = None
+
+    @field_validator("calling_ae")
+    @classmethod
+    def _titles(cls, values: list[str]) -> list[str]:
+        return [v if v == ANY_AE else _ae(v) for v in values]
+
+    @field_validator("cr")
+    @classmethod
+    def _cr(cls, value: float | str) -> float | str:
+        if isinstance(value, float | int) and not value > 1:
+            raise ValueError("cr is a number > 1, 'lossless' or 'none' (pass-through)")
+        return value
+
+
+class DicomDestination(Strict):
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)]
+    ae_title: str
+
+    _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _ae(v)))
+
+
+class FolderDestination(Strict):
+    folder: Path
+
+
+class Forward(Strict):
+    to: str
+    retry_initial_seconds: Annotated[float, Field(gt=0)] = 2.0
+    retry_max_seconds: Annotated[float, Field(gt=0)] = 300.0
+
+
+class Inference(Strict):
+    model: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    send_to: str | None = None
+
+
+class Config(Strict):
+    node: NodeSection = NodeSection()
+    sites: list[Site] = [Site(name="default", calling_ae=[ANY_AE], cr=20)]
+    destinations: dict[str, DicomDestination | FolderDestination] = {
+        "archive": FolderDestination(folder=Path("./dicomcr-data/archive"))}
+    forward: Forward = Forward(to="archive")
+    inference: Inference | None = None
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        if self.forward.to not in self.destinations:
+            raise ValueError(f"forward.to names {self.forward.to!r}, not one of the "
+                             f"destinations {sorted(self.destinations)}")
+        seen: dict[str, str] = {}
+        for site in self.sites:
+            for title in site.calling_ae:
+                if title in seen:
+                    raise ValueError(f"calling AE {title!r} belongs to both {seen[title]!r} and "
+                                     f"{site.name!r}")
+                seen[title] = site.name
+        return self
+
+    def site_for(self, calling_ae: str) -> Site | None:
+        """The policy of a calling AE: its own site, else a '*' site; None means reject."""
+        calling_ae = calling_ae.strip()
+        for site in self.sites:
+            if calling_ae in site.calling_ae:
+                return site
+        for site in self.sites:
+            if ANY_AE in site.calling_ae:
+                return site
+        return None
+
+    @property
+    def accepts_any_ae(self) -> bool:
+        return self.node.accept_unknown_ae or any(ANY_AE in s.calling_ae for s in self.sites)
+
+
+def load_config(path: Path | None) -> Config:
+    """The built-in default (no path), or the validated YAML file at `path`."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with node, sites, destinations, forward")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            got = error.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            problems.append(f"{path}: {key}: {error['msg']}{shown}")
+        raise ConfigError("\n".join(problems)) from exc

@@ -1,0 +1,239 @@
+"""The node: the SCP (pynetdicom), the transcoding pool and the forwarder, over the job store.
+
+Each piece is small: receiver.accept decides about one instance, dicomcr.transcode.transcode_file
+transcodes one, dicomcr.net.scu.send forwards. This module wires them to threads and a process
+pool, and drains them on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (
+    ComputedRadiographyImageStorage,
+    DigitalMammographyXRayImageStorageForPresentation,
+    DigitalMammographyXRayImageStorageForProcessing,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
+    Verification,
+)
+
+from dicomcr.config import Config, DicomDestination, FolderDestination
+from dicomcr.net.scu import NetworkError, Peer, send
+from dicomcr.transcode import transcode_file
+
+from .receiver import Spool, accept
+from .store import Job, JobStore
+
+log = logging.getLogger("dicomcr.node")
+
+STORAGE_CLASSES = (
+    DigitalMammographyXRayImageStorageForPresentation,
+    DigitalMammographyXRayImageStorageForProcessing,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    ComputedRadiographyImageStorage,
+    SecondaryCaptureImageStorage,
+)
+TRANSFER_SYNTAXES = (
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless,
+    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
+    JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K,
+)
+
+
+def policy_of(cr: float | str) -> str:
+    return cr if isinstance(cr, str) else f"{cr:g}"
+
+
+class Node:
+    """One running node; `start` returns at once, `stop` drains and returns."""
+
+    def __init__(self, config: Config, poll_seconds: float = 0.2) -> None:
+        self.config = config
+        self.root = Path(config.node.storage)
+        self.spool = Spool(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.store = JobStore(self.root / "jobs.sqlite")
+        self.poll = poll_seconds
+        workers = config.node.workers
+        self.workers = (os.cpu_count() or 1) if workers == "auto" else int(workers)
+        self._stop = threading.Event()
+        self._server = None
+        self._pool: ProcessPoolExecutor | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- receiving -----------------------------------------------------------------------
+    def _ae(self) -> AE:
+        node = self.config.node
+        ae = AE(ae_title=node.ae_title)
+        ae.maximum_associations = node.max_associations
+        ae.maximum_pdu_size = node.max_pdu
+        ae.acse_timeout, ae.dimse_timeout = node.acse_timeout, node.dimse_timeout
+        ae.network_timeout = node.network_timeout
+        ae.require_called_aet = True
+        if not self.config.accepts_any_ae:
+            ae.require_calling_aet = [t for s in self.config.sites for t in s.calling_ae]
+        ae.add_supported_context(Verification)
+        for sop_class in STORAGE_CLASSES:
+            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        return ae
+
+    def _on_store(self, event) -> int:
+        calling = event.assoc.requestor.ae_title.strip()
+        site = self.config.site_for(calling)
+        if site is None:  # accepted as unknown (accept_unknown_ae): the built-in default, CR 20
+            site_name, policy = "unknown", policy_of(20.0)
+        else:
+            site_name, policy = site.name, policy_of(site.cr)
+        request = event.request
+        return accept(
+            event.encoded_dataset(include_meta=True),
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+            calling_ae=calling, site=site_name, policy=policy, spool=self.spool,
+            store=self.store, max_bytes=int(self.config.node.max_instance_mb * 2**20),
+        )
+
+    # -- transcoding and forwarding ------------------------------------------------------
+    def _transcode_loop(self) -> None:
+        running: dict[str, Future] = {}
+        while not self._stop.is_set() or running:
+            if not self._stop.is_set():
+                for job in self.store.to_transcode(self.workers * 2):
+                    if job.sop_instance_uid not in running:
+                        running[job.sop_instance_uid] = self._submit(job)
+            for uid, future in list(running.items()):
+                if future.done():
+                    del running[uid]
+                    self._transcoded(uid, future)
+            time.sleep(self.poll)
+
+    def _submit(self, job: Job) -> Future:
+        out = self.root / "out" / job.sop_instance_uid
+        if job.policy == "none":
+            future: Future = Future()
+            future.set_result([job.spool_path])
+            return future
+        targets = [] if job.policy == "lossless" else [float(job.policy)]
+        return self._pool.submit(transcode_file, job.spool_path, out, Path("image.dcm"), targets,
+                                 job.policy == "lossless")
+
+    def _transcoded(self, uid: str, future: Future) -> None:
+        try:
+            result = future.result()
+        except Exception as exc:  # a worker that died: the job is retried from the spool
+            log.error("transcoding %s failed: %s", uid, exc)
+            self.store.failed(uid, f"worker error: {exc}")
+            return
+        if result and isinstance(result[0], Path):
+            self.store.transcoded(uid, result)
+            return
+        failed = [row for row in result if row.status != "ok"]
+        if failed:
+            self.store.failed(uid, failed[0].error)
+            log.warning("instance %s not transcoded: %s", uid, failed[0].error)
+        else:
+            self.store.transcoded(uid, [Path(row.output) for row in result])
+
+    def _forward_loop(self) -> None:
+        destination = self.config.destinations[self.config.forward.to]
+        while not self._stop.is_set():
+            jobs = self.store.to_forward(32)
+            if not jobs:
+                time.sleep(self.poll)
+                continue
+            self._forward(jobs, destination)
+
+    def _forward(self, jobs: list[Job], destination) -> None:
+        retry = self.config.forward
+        if isinstance(destination, FolderDestination):
+            for job in jobs:
+                for path in job.outputs:
+                    target = Path(destination.folder) / f"{job.sop_instance_uid}" / path.name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, target)
+                self.store.done(job.sop_instance_uid)
+            return
+        assert isinstance(destination, DicomDestination)
+        peer = Peer(destination.host, destination.port, destination.ae_title,
+                    self.config.node.ae_title, timeout=self.config.node.network_timeout)
+        by_path = {path: job for job in jobs for path in job.outputs}
+        failed: dict[str, str] = {}
+        try:
+            for result in send(peer, list(by_path)):
+                if not result.ok:
+                    failed[by_path[result.path].sop_instance_uid] = result.error
+        except (NetworkError, OSError, ValueError) as exc:
+            failed.update({job.sop_instance_uid: str(exc) for job in jobs
+                           if job.sop_instance_uid not in failed})
+            log.warning("forwarding to %s failed: %s", peer, exc)
+        for job in jobs:
+            if job.sop_instance_uid in failed:
+                delay = min(retry.retry_initial_seconds * 2 ** job.attempts, retry.retry_max_seconds)
+                self.store.forward_failed(job.sop_instance_uid, job.attempts + 1,
+                                          time.time() + delay, failed[job.sop_instance_uid])
+            else:
+                self.store.done(job.sop_instance_uid)
+
+    # -- life cycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        # Spawned, not forked: a forked worker would inherit the listening socket and keep the
+        # port busy after the node itself was killed.
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        node = self.config.node
+        self._server = self._ae().start_server(
+            (node.host, node.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        for target in (self._transcode_loop, self._forward_loop):
+            thread = threading.Thread(target=target, name=target.__name__, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("listening on %s:%d as %s", node.host, node.port, node.ae_title)
+
+    def stop(self) -> None:
+        """Stop accepting, let running associations and jobs finish, then close."""
+        if self._server is not None:
+            self._server.shutdown()
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self.store.close()
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then drain and return."""
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        self.start()
+        done.wait()
+        log.info("stopping: draining associations and jobs")
+        self.stop()

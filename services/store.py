@@ -1,0 +1,128 @@
+"""The durable job store: one SQLite row per received instance, in WAL mode, in the storage folder.
+
+States: received (in the spool, acknowledged) -> transcoded (outputs written) -> done (the
+destination answered Success). A failure to transcode marks the row failed with the reason; a
+failure to forward leaves it transcoded with a later retry time. Rows are keyed by SOP Instance UID,
+so a re-sent instance replaces its row and every step can be repeated without duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    sop_class_uid    TEXT NOT NULL,
+    study_uid        TEXT NOT NULL,
+    calling_ae       TEXT NOT NULL,
+    site             TEXT NOT NULL,
+    policy           TEXT NOT NULL,
+    spool_path       TEXT NOT NULL,
+    bytes            INTEGER NOT NULL,
+    state            TEXT NOT NULL,
+    outputs          TEXT NOT NULL DEFAULT '[]',
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL NOT NULL DEFAULT 0,
+    error            TEXT NOT NULL DEFAULT '',
+    received_at      REAL NOT NULL,
+    updated_at       REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS by_state ON instances (state, next_attempt_at);
+"""
+STATES = ("received", "transcoded", "done", "failed")
+
+
+@dataclass(frozen=True)
+class Job:
+    sop_instance_uid: str
+    site: str
+    policy: str  # "20", "lossless" or "none"
+    spool_path: Path
+    outputs: tuple[Path, ...]
+    attempts: int
+
+
+class JobStore:
+    """Thread-safe access to the job table; every write is committed before it returns."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def received(self, *, sop_instance_uid: str, sop_class_uid: str, study_uid: str,
+                 calling_ae: str, site: str, policy: str, spool_path: Path, size: int) -> None:
+        """Record an acknowledged instance (a re-sent one starts over)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_uid, calling_ae, "
+                "site, policy, spool_path, bytes, state, received_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?) "
+                "ON CONFLICT(sop_instance_uid) DO UPDATE SET sop_class_uid=excluded.sop_class_uid, "
+                "study_uid=excluded.study_uid, calling_ae=excluded.calling_ae, site=excluded.site, "
+                "policy=excluded.policy, spool_path=excluded.spool_path, bytes=excluded.bytes, "
+                "state='received', outputs='[]', attempts=0, next_attempt_at=0, error='', "
+                "updated_at=excluded.updated_at",
+                (sop_instance_uid, sop_class_uid, study_uid, calling_ae, site, policy,
+                 str(spool_path), size, now, now))
+
+    def _jobs(self, query: str, args: tuple) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [Job(r[0], r[1], r[2], Path(r[3]), tuple(Path(p) for p in json.loads(r[4])), r[5])
+                for r in rows]
+
+    def to_transcode(self, limit: int) -> list[Job]:
+        return self._jobs("SELECT sop_instance_uid, site, policy, spool_path, outputs, attempts "
+                          "FROM instances WHERE state='received' ORDER BY received_at LIMIT ?",
+                          (limit,))
+
+    def to_forward(self, limit: int, now: float | None = None) -> list[Job]:
+        return self._jobs("SELECT sop_instance_uid, site, policy, spool_path, outputs, attempts "
+                          "FROM instances WHERE state='transcoded' AND next_attempt_at <= ? "
+                          "ORDER BY next_attempt_at, received_at LIMIT ?",
+                          (time.time() if now is None else now, limit))
+
+    def _set(self, uid: str, **values: object) -> None:
+        values["updated_at"] = time.time()
+        columns = ", ".join(f"{k}=?" for k in values)
+        with self._lock:
+            self._db.execute(f"UPDATE instances SET {columns} WHERE sop_instance_uid=?",
+                             (*values.values(), uid))
+
+    def transcoded(self, uid: str, outputs: list[Path]) -> None:
+        self._set(uid, state="transcoded", outputs=json.dumps([str(p) for p in outputs]),
+                  error="", next_attempt_at=0)
+
+    def failed(self, uid: str, error: str) -> None:
+        self._set(uid, state="failed", error=error)
+
+    def forward_failed(self, uid: str, attempts: int, retry_at: float, error: str) -> None:
+        self._set(uid, attempts=attempts, next_attempt_at=retry_at, error=error)
+
+    def done(self, uid: str) -> None:
+        self._set(uid, state="done", error="")
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{site: {state: count}}."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT site, state, COUNT(*) FROM instances GROUP BY site, state").fetchall()
+        out: dict[str, dict[str, int]] = {}
+        for site, state, n in rows:
+            out.setdefault(site, dict.fromkeys(STATES, 0))[state] = n
+        return out

@@ -1,0 +1,210 @@
+"""The node end to end, with real peers: DCMTK's storescu and echoscu in, Orthanc as the PACS."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+from peers import Orthanc, free_port, require, wait_for_port
+from typer.testing import CliRunner
+
+from services.cli import app
+
+MG_A, MG_B = "MG_A", "PACS_B"
+runner = CliRunner()
+
+
+STARTED: list[NodeProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_node_outlives_its_test() -> Iterator[None]:
+    yield
+    while STARTED:
+        node = STARTED.pop()
+        node.kill_group()
+
+
+class NodeProcess:
+    """`dicomcr serve` in its own process, as an administrator runs it."""
+
+    def __init__(self, folder: Path, destination: dict, sites: list[dict] | None = None,
+                 **node: object) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.config = folder / "node.yaml"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(yaml.safe_dump({
+            "node": {"ae_title": "DICOMCR", "host": "127.0.0.1", "port": self.port,
+                     "storage": str(folder / "data"), "http_port": 0, "workers": 2, **node},
+            "sites": sites or [{"name": "hospital-a", "calling_ae": [MG_A], "cr": 20},
+                               {"name": "hospital-b", "calling_ae": [MG_B], "cr": 100}],
+            "destinations": {"pacs": destination},
+            "forward": {"to": "pacs", "retry_initial_seconds": 0.5, "retry_max_seconds": 2},
+        }))
+        self.start()
+
+    def start(self) -> None:
+        self.log = open(self.folder / "node.log", "a")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "serve", "--config", str(self.config)],
+            stdout=self.log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        STARTED.append(self)
+        wait_for_port(self.port, self.process, timeout=30)
+
+    def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=60)
+        self.log.close()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the node and its transcoding workers, as systemd kills a unit's processes."""
+        self.kill_group()
+        self.log.close()
+
+    def kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+def storescu(port: int, calling: str, *files: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([require("storescu"), "-aec", "DICOMCR", "-aet", calling, "127.0.0.1",
+                           str(port), *map(str, files)], capture_output=True, text=True, timeout=120)
+
+
+def echoscu(port: int, calling: str = MG_A) -> int:
+    return subprocess.run([require("echoscu"), "-aec", "DICOMCR", "-aet", calling, "127.0.0.1",
+                           str(port)], capture_output=True, timeout=30).returncode
+
+
+def _study(cohort: Path, index: int = 0) -> list[Path]:
+    folder = sorted(p for p in cohort.iterdir() if p.is_dir())[index]
+    return sorted(folder.glob("*.dcm"))
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    pacs = Orthanc(tmp_path / "orthanc")
+    yield pacs
+    pacs.stop()
+
+
+def _pacs(orthanc: Orthanc) -> dict:
+    return {"host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet}
+
+
+def test_a_study_arrives_in_orthanc_as_jpeg2000_at_the_sites_cr(
+        small_cohort: Path, orthanc: Orthanc, tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "node", _pacs(orthanc))
+    try:
+        assert echoscu(node.port) == 0
+        files = _study(small_cohort)
+        sent = storescu(node.port, MG_A, *files)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        stored = orthanc.wait_for(4)
+        sources = {pydicom.dcmread(p).SOPInstanceUID for p in files}
+        for tags in stored:
+            assert tags["TransferSyntax"] == "1.2.840.10008.1.2.4.91"
+            assert tags["LossyImageCompression"] == "01"
+            assert float(tags["LossyImageCompressionRatio"]) == pytest.approx(20, rel=0.02)
+            assert tags["ImageType"].startswith("DERIVED")
+            assert tags["SOPInstanceUID"] not in sources  # a lossy image is a new image
+        deadline = time.monotonic() + 30  # Orthanc has them; the node marks them done after
+        while True:
+            status = runner.invoke(app, ["status", "--config", str(node.config)])
+            assert status.exit_code == 0 and "hospital-a" in status.output
+            if "queue depth: 0" in status.output or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+        assert "queue depth: 0" in status.output
+    finally:
+        assert node.terminate() == 0  # SIGTERM drains and exits 0
+
+
+def test_unknown_ae_and_bad_instances_are_refused_and_the_node_keeps_serving(
+        small_cohort: Path, tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "node", {"folder": str(tmp_path / "archive")})
+    try:
+        files = _study(small_cohort)
+        refused = storescu(node.port, "NOBODY", files[0])
+        assert refused.returncode != 0
+        assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
+        broken = tmp_path / "nopixels.dcm"
+        ds = pydicom.dcmread(files[0])
+        del ds.PixelData
+        ds.save_as(broken, enforce_file_format=True)
+        failed = storescu(node.port, MG_A, broken)
+        assert "0xc000" in (failed.stdout + failed.stderr).lower() or failed.returncode != 0
+        reasons = list((tmp_path / "node" / "data" / "quarantine").glob("*.reason.txt"))
+        assert len(reasons) == 1 and "no Pixel Data" in reasons[0].read_text()
+        assert echoscu(node.port) == 0  # still serving
+        assert storescu(node.port, MG_A, *files).returncode == 0
+        deadline = time.monotonic() + 60
+        while len(list((tmp_path / "archive").rglob("*.dcm"))) < 4:
+            assert time.monotonic() < deadline, "the archive folder did not receive 4 images"
+            time.sleep(0.25)
+    finally:
+        assert node.terminate() == 0
+
+
+def test_destination_down_then_up_and_a_killed_node_loses_nothing(
+        small_cohort: Path, tmp_path: Path) -> None:
+    port = free_port()  # Orthanc will come up here later
+    node = NodeProcess(tmp_path / "node", {"host": "127.0.0.1", "port": port,
+                                            "ae_title": "ORTHANC"})
+    files = _study(small_cohort, 1)
+    assert storescu(node.port, MG_B, *files).returncode == 0
+    time.sleep(2)  # transcoded, forwarding fails and is retried
+    node.kill()  # SIGKILL: every acknowledged instance must survive it
+    node.start()
+    pacs = Orthanc(tmp_path / "orthanc", dicom_port=port)
+    try:
+        stored = pacs.wait_for(4)
+        time.sleep(2)
+        assert len(pacs.get("/instances")) == 4  # once each
+        for tags in stored:
+            assert float(tags["LossyImageCompressionRatio"]) == pytest.approx(100, rel=0.02)
+    finally:
+        pacs.stop()
+        assert node.terminate() == 0
+
+
+def test_pass_through_and_lossless_sites(small_cohort: Path, orthanc: Orthanc,
+                                         tmp_path: Path) -> None:
+    sites = [{"name": "raw", "calling_ae": ["RAW"], "cr": "none"},
+             {"name": "archive", "calling_ae": ["ARCH"], "cr": "lossless"}]
+    node = NodeProcess(tmp_path / "node", _pacs(orthanc), sites)
+    try:
+        first, second = _study(small_cohort)[:2]
+        assert storescu(node.port, "RAW", first).returncode == 0
+        assert storescu(node.port, "ARCH", second).returncode == 0
+        stored = {t["SOPInstanceUID"]: t for t in orthanc.wait_for(2)}
+        raw = stored[pydicom.dcmread(first).SOPInstanceUID]
+        assert raw["TransferSyntax"] == "1.2.840.10008.1.2.1"
+        lossless = stored[pydicom.dcmread(second).SOPInstanceUID]
+        assert lossless["TransferSyntax"] == "1.2.840.10008.1.2.4.90"
+    finally:
+        assert node.terminate() == 0
+
+
+def test_a_bad_configuration_is_refused_naming_file_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "node.yaml"
+    bad.write_text("node: {port: 99999}\nsites:\n  - {name: a, calling_ae: [MG_A], cr: 0.5}\n"
+                   "forward: {to: nowhere}\n")
+    result = runner.invoke(app, ["serve", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert f"{bad}: node.port" in result.output and f"{bad}: sites.0.cr" in result.output
+    result = runner.invoke(app, ["serve", "--config", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "cannot read" in result.output
+    assert os.environ.get("DICOMCR_NEVER_SET") is None
