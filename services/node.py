@@ -49,7 +49,8 @@ from dicomcr.config import Config, DicomDestination, FolderDestination
 from dicomcr.net.scu import NetworkError, Peer, send
 from dicomcr.transcode import transcode_file
 
-from .receiver import Spool, accept
+from .http import Metrics, serve_http
+from .receiver import SUCCESS, Spool, accept
 from .store import Job, JobStore
 
 log = logging.getLogger("dicomcr.node")
@@ -85,8 +86,10 @@ class Node:
         self.poll = poll_seconds
         workers = config.node.workers
         self.workers = (os.cpu_count() or 1) if workers == "auto" else int(workers)
+        self.metrics = Metrics()
         self._stop = threading.Event()
         self._server = None
+        self._http = None
         self._pool: ProcessPoolExecutor | None = None
         self._threads: list[threading.Thread] = []
 
@@ -114,13 +117,17 @@ class Node:
         else:
             site_name, policy = site.name, policy_of(site.cr)
         request = event.request
-        return accept(
+        start = time.perf_counter()
+        status = accept(
             event.encoded_dataset(include_meta=True),
             sop_class_uid=str(request.AffectedSOPClassUID),
             sop_instance_uid=str(request.AffectedSOPInstanceUID),
             calling_ae=calling, site=site_name, policy=policy, spool=self.spool,
             store=self.store, max_bytes=int(self.config.node.max_instance_mb * 2**20),
         )
+        self.metrics.observe("receive", time.perf_counter() - start)
+        self.metrics.count("received" if status == SUCCESS else "rejected")
+        return status
 
     # -- transcoding and forwarding ------------------------------------------------------
     def _transcode_loop(self) -> None:
@@ -149,19 +156,24 @@ class Node:
     def _transcoded(self, uid: str, future: Future) -> None:
         try:
             result = future.result()
-        except Exception as exc:  # a worker that died: the job is retried from the spool
+        except Exception as exc:  # a worker that died: the job is marked failed with the reason
             log.error("transcoding %s failed: %s", uid, exc)
             self.store.failed(uid, f"worker error: {exc}")
+            self.metrics.count("failed")
             return
-        if result and isinstance(result[0], Path):
+        if result and isinstance(result[0], Path):  # pass-through
             self.store.transcoded(uid, result)
+            self.metrics.count("transcoded")
             return
         failed = [row for row in result if row.status != "ok"]
         if failed:
             self.store.failed(uid, failed[0].error)
+            self.metrics.count("failed")
             log.warning("instance %s not transcoded: %s", uid, failed[0].error)
         else:
             self.store.transcoded(uid, [Path(row.output) for row in result])
+            self.metrics.count("transcoded")
+            self.metrics.observe("transcode", sum(float(row.seconds or 0) for row in result))
 
     def _forward_loop(self) -> None:
         destination = self.config.destinations[self.config.forward.to]
@@ -170,7 +182,10 @@ class Node:
             if not jobs:
                 time.sleep(self.poll)
                 continue
+            start = time.perf_counter()
             self._forward(jobs, destination)
+            for _ in jobs:
+                self.metrics.observe("forward", (time.perf_counter() - start) / len(jobs))
 
     def _forward(self, jobs: list[Job], destination) -> None:
         retry = self.config.forward
@@ -181,6 +196,7 @@ class Node:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(path, target)
                 self.store.done(job.sop_instance_uid)
+                self.metrics.count("forwarded")
             return
         assert isinstance(destination, DicomDestination)
         peer = Peer(destination.host, destination.port, destination.ae_title,
@@ -200,8 +216,10 @@ class Node:
                 delay = min(retry.retry_initial_seconds * 2 ** job.attempts, retry.retry_max_seconds)
                 self.store.forward_failed(job.sop_instance_uid, job.attempts + 1,
                                           time.time() + delay, failed[job.sop_instance_uid])
+                self.metrics.count("forward_retries")
             else:
                 self.store.done(job.sop_instance_uid)
+                self.metrics.count("forwarded")
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -211,16 +229,33 @@ class Node:
         node = self.config.node
         self._server = self._ae().start_server(
             (node.host, node.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        if node.http_port:
+            self._http = serve_http(node.host, node.http_port, self.metrics, self.store.counts,
+                                    self.health)
         for target in (self._transcode_loop, self._forward_loop):
             thread = threading.Thread(target=target, name=target.__name__, daemon=True)
             thread.start()
             self._threads.append(thread)
         log.info("listening on %s:%d as %s", node.host, node.port, node.ae_title)
 
+    def health(self) -> dict:
+        """What /healthz reports: ok while the workers run; warnings name what is degraded."""
+        alive = all(thread.is_alive() for thread in self._threads)
+        counts = self.store.counts()
+        return {
+            "status": "ok" if alive else "degraded",
+            "ae_title": self.config.node.ae_title,
+            "uptime_seconds": round(time.time() - self.metrics.started, 1),
+            "queue_depth": sum(c["received"] + c["transcoded"] for c in counts.values()),
+            "warnings": [] if alive else ["a worker thread stopped"],
+        }
+
     def stop(self) -> None:
         """Stop accepting, let running associations and jobs finish, then close."""
         if self._server is not None:
             self._server.shutdown()
+        if self._http is not None:
+            self._http.shutdown()
         self._stop.set()
         for thread in self._threads:
             thread.join()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,6 +90,11 @@ def echoscu(port: int, calling: str = MG_A) -> int:
                            str(port)], capture_output=True, timeout=30).returncode
 
 
+def _http(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return response.read().decode()
+
+
 def _study(cohort: Path, index: int = 0) -> list[Path]:
     folder = sorted(p for p in cohort.iterdir() if p.is_dir())[index]
     return sorted(folder.glob("*.dcm"))
@@ -106,7 +113,8 @@ def _pacs(orthanc: Orthanc) -> dict:
 
 def test_a_study_arrives_in_orthanc_as_jpeg2000_at_the_sites_cr(
         small_cohort: Path, orthanc: Orthanc, tmp_path: Path) -> None:
-    node = NodeProcess(tmp_path / "node", _pacs(orthanc))
+    http_port = free_port()
+    node = NodeProcess(tmp_path / "node", _pacs(orthanc), http_port=http_port)
     try:
         assert echoscu(node.port) == 0
         files = _study(small_cohort)
@@ -128,6 +136,14 @@ def test_a_study_arrives_in_orthanc_as_jpeg2000_at_the_sites_cr(
                 break
             time.sleep(0.25)
         assert "queue depth: 0" in status.output
+        health = json.loads(_http(http_port, "/healthz"))
+        assert health["status"] == "ok" and health["queue_depth"] == 0
+        metrics = _http(http_port, "/metrics")
+        for line in ("dicomcr_received_total 4", "dicomcr_transcoded_total 4",
+                     "dicomcr_forwarded_total 4", "dicomcr_queue_depth 0",
+                     'dicomcr_instances{site="hospital-a",state="done"} 4',
+                     'dicomcr_stage_seconds_count{stage="receive"} 4'):
+            assert line in metrics.splitlines(), line
     finally:
         assert node.terminate() == 0  # SIGTERM drains and exits 0
 

@@ -1,0 +1,96 @@
+"""The node's HTTP endpoint: /healthz (JSON) and /metrics (Prometheus text format 0.0.4)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+COUNTERS = {
+    "received": "Instances received, made durable and acknowledged.",
+    "rejected": "Instances refused with a failure status (and quarantined).",
+    "transcoded": "Instances transcoded (or passed through) by the workers.",
+    "forwarded": "Instances the destination answered Success for.",
+    "failed": "Instances that could not be transcoded.",
+    "forward_retries": "Forwarding attempts that failed and were scheduled again.",
+}
+STAGES = ("receive", "transcode", "forward")
+
+
+class Metrics:
+    """Counters and per-stage durations of one node process, safe to update from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = time.time()
+        self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.observations: dict[str, int] = defaultdict(int)
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[name] += n
+
+    def observe(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] += seconds
+            self.observations[stage] += 1
+
+    def prometheus(self, by_site: dict[str, dict[str, int]]) -> str:
+        """The text exposition: counters, stage durations, and job-store gauges per site/state."""
+        lines = []
+        with self._lock:
+            for name, help_text in COUNTERS.items():
+                lines += [f"# HELP dicomcr_{name}_total {help_text}",
+                          f"# TYPE dicomcr_{name}_total counter",
+                          f"dicomcr_{name}_total {self.counts[name]}"]
+            lines += ["# HELP dicomcr_stage_seconds Time spent per instance in each stage.",
+                      "# TYPE dicomcr_stage_seconds summary"]
+            for stage in STAGES:
+                lines += [f'dicomcr_stage_seconds_sum{{stage="{stage}"}} {self.seconds[stage]:.6f}',
+                          f'dicomcr_stage_seconds_count{{stage="{stage}"}} '
+                          f"{self.observations[stage]}"]
+        depth = sum(c.get("received", 0) + c.get("transcoded", 0) for c in by_site.values())
+        lines += ["# HELP dicomcr_queue_depth Instances received but not yet forwarded.",
+                  "# TYPE dicomcr_queue_depth gauge", f"dicomcr_queue_depth {depth}",
+                  "# HELP dicomcr_instances Instances in the job store by site and state.",
+                  "# TYPE dicomcr_instances gauge"]
+        for site, states in sorted(by_site.items()):
+            for state, n in sorted(states.items()):
+                lines.append(f'dicomcr_instances{{site="{site}",state="{state}"}} {n}')
+        return "\n".join(lines) + "\n"
+
+
+def serve_http(host: str, port: int, metrics: Metrics,
+               counts: Callable[[], dict[str, dict[str, int]]],
+               health: Callable[[], dict]) -> ThreadingHTTPServer:
+    """Start the endpoint in a daemon thread; the caller shuts it down."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                body = metrics.prometheus(counts()).encode()
+                kind = "text/plain; version=0.0.4; charset=utf-8"
+                code = 200
+            elif self.path == "/healthz":
+                report = health()
+                body = json.dumps(report).encode()
+                kind, code = "application/json", 200 if report["status"] == "ok" else 503
+            else:
+                body, kind, code = b"not found\n", "text/plain", 404
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # quiet: the node logs
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server
