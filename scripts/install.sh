@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PEERS=(dcmtk orthanc libgdcm-tools dicom3tools libopenjp2-tools openjph-tools)
+PEERS=(dcmtk orthanc libgdcm-tools dicom3tools libopenjp2-tools openjph-tools openssl)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 

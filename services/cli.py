@@ -73,5 +73,20 @@ def status(
     Console().print(f"queue depth: {queued}")
 
 
+@app.command()
+def conformance(
+    out: Annotated[Path | None, typer.Option(help="Write here instead of printing.")] = None,
+) -> None:
+    """Print the DICOM Conformance Statement generated from the node's actual contexts."""
+    from .conformance import statement
+
+    text = statement()
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        console.print(f"wrote {out}")
+
+
 if __name__ == "__main__":
     app(prog_name="dicomcr")

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import ssl
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -228,7 +229,8 @@ class Node:
         self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         node = self.config.node
         self._server = self._ae().start_server(
-            (node.host, node.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+            (node.host, node.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
+            ssl_context=self._tls())
         if node.http_port:
             self._http = serve_http(node.host, node.http_port, self.metrics, self.store.counts,
                                     self.health)
@@ -237,6 +239,19 @@ class Node:
             thread.start()
             self._threads.append(thread)
         log.info("listening on %s:%d as %s", node.host, node.port, node.ae_title)
+
+    def _tls(self) -> ssl.SSLContext | None:
+        """The server's TLS context (DICOM TLS profile: TLS 1.2 or later), when configured."""
+        tls = self.config.node.tls
+        if tls is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(tls.cert, tls.key)
+        if tls.ca is not None:  # client certificates required, checked against this CA
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(tls.ca)
+        return context
 
     def health(self) -> dict:
         """What /healthz reports: ok while the workers run; warnings name what is degraded."""

@@ -224,3 +224,33 @@ def test_a_bad_configuration_is_refused_naming_file_and_key(tmp_path: Path) -> N
     result = runner.invoke(app, ["serve", "--config", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2 and "cannot read" in result.output
     assert os.environ.get("DICOMCR_NEVER_SET") is None
+
+
+def test_tls_associations_work_and_plain_ones_fail_cleanly(tmp_path: Path) -> None:
+    openssl = require("openssl")
+    key, cert = tmp_path / "node.key", tmp_path / "node.crt"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    node = NodeProcess(tmp_path / "node", {"folder": str(tmp_path / "archive")},
+                       tls={"cert": str(cert), "key": str(key), "ca": str(cert)})
+    tls = [require("echoscu"), "+tls", str(key), str(cert), "+cf", str(cert), "-aec", "DICOMCR",
+           "-aet", MG_A, "127.0.0.1", str(node.port)]
+    try:
+        assert subprocess.run(tls, capture_output=True, timeout=30).returncode == 0
+        assert echoscu(node.port) != 0  # plain TCP to the TLS port: refused, not hung
+        anonymous = [require("echoscu"), "+tla", "-ic", "-aec", "DICOMCR", "-aet", MG_A,
+                     "127.0.0.1", str(node.port)]
+        assert subprocess.run(anonymous, capture_output=True, timeout=30).returncode != 0
+        assert subprocess.run(tls, capture_output=True, timeout=30).returncode == 0  # serving
+    finally:
+        assert node.terminate() == 0
+
+
+def test_the_committed_conformance_statement_is_the_generated_one() -> None:
+    committed = Path(__file__).resolve().parents[1] / "conformance" / "CONFORMANCE.md"
+    result = runner.invoke(app, ["conformance"])
+    assert result.exit_code == 0
+    assert committed.read_text() == result.output, (
+        "conformance/CONFORMANCE.md is stale: run `dicomcr conformance --out "
+        "conformance/CONFORMANCE.md` and review the change")

@@ -1,0 +1,125 @@
+"""The DICOM Conformance Statement (PS3.2 layout), generated from the node's own contexts.
+
+Generated, never written by hand: `dicomcr conformance` prints it from the presentation contexts
+the SCP actually registers and the limits the configuration actually defaults to, and a test fails
+when the committed conformance/CONFORMANCE.md differs from what the code would generate.
+"""
+
+from __future__ import annotations
+
+from pydicom.uid import UID
+
+from dicomcr import __version__
+from dicomcr.config import NodeSection
+from dicomcr.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+from .node import STORAGE_CLASSES, TRANSFER_SYNTAXES
+from .receiver import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES
+
+VERIFICATION = UID("1.2.840.10008.1.1")
+
+
+def _row(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def statement() -> str:
+    """The whole statement as Markdown."""
+    defaults = NodeSection()
+    syntaxes = [_row(UID(ts).name, str(ts)) for ts in TRANSFER_SYNTAXES]
+    scp_classes = [_row(VERIFICATION.name, str(VERIFICATION), "SCP")] + [
+        _row(UID(c).name, str(c), "SCP") for c in STORAGE_CLASSES]
+    lines = [
+        "# DICOM Conformance Statement: dicomcr",
+        "",
+        f"dicomcr {__version__}. Implementation Class UID {IMPLEMENTATION_CLASS_UID}, "
+        f"Implementation Version Name {IMPLEMENTATION_VERSION_NAME}.",
+        "Generated from the code by `dicomcr conformance`; do not edit by hand.",
+        "",
+        "## 1. Overview",
+        "",
+        "dicomcr is a DICOM node between modalities (or a PACS) and an archive. It receives images "
+        "with the Storage Service Class, rewrites them as JPEG 2000 at the compression ratio the "
+        "sending site's policy names, and forwards them with the Storage Service Class.",
+        "",
+        "| Network service | User of service (SCU) | Provider of service (SCP) |",
+        "|---|---|---|",
+        "| Verification | Yes (`dicomcr echo`) | Yes |",
+        "| Storage | Yes (forwarder, `dicomcr send`) | Yes |",
+        "",
+        "## 2. Application Entity specification",
+        "",
+        "One Application Entity, title `DICOMCR` by default (`node.ae_title`). It accepts an "
+        "association only when the Called AE Title is its own, and when the Calling AE Title belongs "
+        "to a configured site (or a site with calling AE `*`, or `node.accept_unknown_ae`); else it "
+        "rejects the association (rejected permanent, calling or called AE title not recognized).",
+        "",
+        "### 2.1 Association policies",
+        "",
+        "| Policy | Default | Configuration key |",
+        "|---|---|---|",
+        _row("Maximum simultaneous associations", str(defaults.max_associations),
+             "`node.max_associations`"),
+        _row("Maximum PDU size received", f"{defaults.max_pdu} bytes (0 = unlimited)",
+             "`node.max_pdu`"),
+        _row("ACSE timeout", f"{defaults.acse_timeout:g} s", "`node.acse_timeout`"),
+        _row("DIMSE timeout", f"{defaults.dimse_timeout:g} s", "`node.dimse_timeout`"),
+        _row("Network timeout", f"{defaults.network_timeout:g} s", "`node.network_timeout`"),
+        _row("Maximum instance size", f"{defaults.max_instance_mb:g} MiB",
+             "`node.max_instance_mb`"),
+        "",
+        "### 2.2 SOP classes as SCP",
+        "",
+        "| SOP class | UID | Role |",
+        "|---|---|---|",
+        *scp_classes,
+        "",
+        "Each storage SOP class is accepted in any of these transfer syntaxes:",
+        "",
+        "| Transfer syntax | UID |",
+        "|---|---|",
+        *syntaxes,
+        "",
+        "### 2.3 Storage SCP behaviour",
+        "",
+        "A C-STORE is answered Success only after the received dataset, as encoded, is written to "
+        "the spool, fsynced, and its job committed to the node's SQLite job store. Pixel data are "
+        "not decoded on the receive path. A dataset that cannot be parsed, lacks Pixel Data or "
+        "holds less Pixel Data than declared is answered "
+        f"0x{CANNOT_UNDERSTAND:04X} (cannot understand); one whose SOP Class or Instance UID "
+        f"differs from the request 0x{DATASET_DOES_NOT_MATCH_SOP_CLASS:04X} (data set does not "
+        f"match SOP class); one above the size limit 0x{OUT_OF_RESOURCES:04X} (out of resources). "
+        "Refused datasets are quarantined with the reason.",
+        "",
+        "Per the sending site's policy the image is then re-encoded as JPEG 2000 "
+        "(1.2.840.10008.1.2.4.91) at the site's compression ratio with a new SOP Instance UID and "
+        "Series Instance UID, ImageType DERIVED, Lossy Image Compression 01, the measured ratio "
+        "appended to Lossy Image Compression Ratio, ISO_15444_1 appended to Lossy Image "
+        "Compression Method and a Source Image Sequence to the original; or as JPEG 2000 lossless "
+        "(1.2.840.10008.1.2.4.90) keeping its UIDs; or passed through unchanged.",
+        "",
+        "### 2.4 SOP classes as SCU",
+        "",
+        "The forwarder and `dicomcr send` propose, for each SOP class among the images they send, "
+        "the image's own transfer syntax and, for uncompressed images, Explicit and Implicit VR "
+        "Little Endian. Forwarded JPEG 2000 images are therefore proposed in JPEG 2000 only. "
+        "Verification is proposed by `dicomcr echo`. A Warning status (0xB000, 0xB006, 0xB007) "
+        "counts as stored; any other non-Success status is retried with exponential back-off.",
+        "",
+        "## 3. Communication profiles",
+        "",
+        "TCP/IP, on the host and port of `node.host` and `node.port` (default 127.0.0.1:11112).",
+        "",
+        "## 4. Security",
+        "",
+        "With `node.tls` (certificate and key), the SCP speaks the Basic TLS Secure Transport "
+        "Connection Profile (TLS 1.2 or later) on its port; with `node.tls.ca` as well, clients "
+        "must present a certificate signed by that CA. Without it the port is plain TCP. No user "
+        "identity negotiation; AE title checks are not authentication.",
+        "",
+        "## 5. Character sets",
+        "",
+        "Datasets are stored and forwarded with the Specific Character Set they arrived with.",
+        "",
+    ]
+    return "\n".join(lines)
