@@ -254,3 +254,52 @@ def test_the_committed_conformance_statement_is_the_generated_one() -> None:
     assert committed.read_text() == result.output, (
         "conformance/CONFORMANCE.md is stale: run `dicomcr conformance --out "
         "conformance/CONFORMANCE.md` and review the change")
+
+
+def test_killed_while_receiving_every_acknowledged_instance_arrives(
+        small_cohort: Path, orthanc: Orthanc, tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "node", _pacs(orthanc))
+    files = sorted(small_cohort.glob("*/*.dcm"))  # 16 images
+    sender = subprocess.Popen(
+        [require("storescu"), "-v", "-aec", "DICOMCR", "-aet", MG_A, "127.0.0.1",
+         str(node.port), *map(str, files)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    acknowledged, current = [], None
+    for line in sender.stderr:  # "Sending file: X" ... "Received Store Response (Success)"
+        if "Sending file:" in line:
+            current = line.split("Sending file:", 1)[1].strip()
+        elif "Received Store Response (Success)" in line and current:
+            acknowledged.append(current)
+            if len(acknowledged) == 5:
+                node.kill()  # mid-stream
+                break
+    sender.wait(timeout=60)
+    assert 5 <= len(acknowledged) < len(files)
+    node.start()
+    try:
+        uids = {pydicom.dcmread(p).SOPInstanceUID for p in acknowledged}
+        stored = orthanc.wait_for(len(uids))
+        source_of = {t["SourceImageSequence"][0]["ReferencedSOPInstanceUID"] for t in stored}
+        assert uids <= source_of  # every acknowledged instance, transcoded, is in the PACS
+        assert len(stored) == len(source_of)  # and once
+    finally:
+        assert node.terminate() == 0
+
+
+def test_killed_while_transcoding_resumes_on_restart(orthanc: Orthanc, tmp_path: Path) -> None:
+    from dicomcr.phantom import CohortSpec, write_cohort
+
+    write_cohort(CohortSpec(n_studies=1, seed=4, size="full", vendor="hologic"), tmp_path / "in")
+    files = sorted((tmp_path / "in").glob("*/*.dcm"))
+    node = NodeProcess(tmp_path / "node", _pacs(orthanc), workers=1)
+    assert storescu(node.port, MG_A, *files).returncode == 0
+    node.kill()  # one full-size image takes about a second to transcode: three are still queued
+    assert len(orthanc.get("/instances")) < 4
+    node.start()
+    try:
+        stored = orthanc.wait_for(4, timeout=120)
+        assert len(stored) == 4
+        for tags in stored:
+            assert float(tags["LossyImageCompressionRatio"]) == pytest.approx(20, rel=0.02)
+    finally:
+        assert node.terminate() == 0
