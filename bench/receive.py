@@ -1,0 +1,116 @@
+"""Benchmark the node's receiving and its end-to-end throughput, next to DCMTK and Orthanc.
+
+    .venv/bin/python bench/receive.py [--studies 2]
+
+1. Sustained receive: DCMTK `storescu` sends full-size MG images to the node (durable: spooled,
+   fsynced, indexed; a pass-through site, so no transcoding competes) and, in the same run, to
+   DCMTK `storescp` writing to disk; same max PDU (65536). Ratio = storescp time / node time.
+2. End to end: the same images sent to the node at CR 20, all transcoded and forwarded to an
+   Orthanc started here: images per second; and the share of a worker's time spent inside the
+   codec (encode, and decode for PSNR), from cProfile of the worker's job on the same images.
+Not a test: it prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from peers import Orthanc, free_port, wait_for_port
+
+from dicomcr.phantom import CohortSpec, write_cohort
+from dicomcr.transcode import transcode_file
+
+PDU = 65536
+
+
+def _node(folder: Path, site_cr: object, destination: dict) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    config = folder / "node.yaml"
+    folder.mkdir(parents=True)
+    config.write_text(yaml.safe_dump({
+        "node": {"port": port, "storage": str(folder / "data"), "http_port": 0, "max_pdu": PDU},
+        "sites": [{"name": "bench", "calling_ae": ["BENCH"], "cr": site_cr}],
+        "destinations": {"out": destination}, "forward": {"to": "out"}}))
+    process = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--config",
+                                str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, process, timeout=30)
+    return process, port
+
+
+def _storescu(port: int, aec: str, files: list[Path]) -> float:
+    start = time.perf_counter()
+    subprocess.run(["storescu", "-aec", aec, "-aet", "BENCH", "--max-pdu", str(PDU), "127.0.0.1",
+                    str(port), *map(str, files)], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=2, help="full-size Hologic studies")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_cohort(CohortSpec(n_studies=args.studies, seed=3, size="full", vendor="hologic"),
+                     tmp / "in")
+        files = sorted((tmp / "in").glob("*/*.dcm"))
+        size = sum(p.stat().st_size for p in files) / 2**20
+        print(f"{len(files)} full-size Hologic images, {size:.0f} MiB")
+
+        (tmp / "storescp").mkdir()
+        port = free_port()
+        scp = subprocess.Popen(["storescp", "--max-pdu", str(PDU), "-od", str(tmp / "storescp"),
+                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(port, scp)
+        peer = _storescu(port, "ANY-SCP", files)
+        scp.terminate()
+        node, port = _node(tmp / "recv", "none", {"folder": str(tmp / "recv" / "archive")})
+        ours = _storescu(port, "DICOMCR", files)
+        _stop(node)
+        print(f"1. receive: node {ours:.2f} s ({size / ours:.0f} MiB/s, durable), storescp "
+              f"{peer:.2f} s ({size / peer:.0f} MiB/s), ratio {peer / ours:.2f} (target >= 1.0)")
+
+        pacs = Orthanc(tmp / "orthanc")
+        node, port = _node(tmp / "e2e", 20, {"host": "127.0.0.1", "port": pacs.dicom_port,
+                                             "ae_title": pacs.aet})
+        start = time.perf_counter()
+        _storescu(port, "DICOMCR", files)
+        while len(pacs.get("/instances")) < len(files):
+            time.sleep(0.1)
+        elapsed = time.perf_counter() - start
+        _stop(node)
+        pacs.stop()
+        print(f"2. end to end at CR 20 into Orthanc: {len(files)} images in {elapsed:.1f} s, "
+              f"{len(files) / elapsed:.2f} images/s")
+
+        profile = cProfile.Profile()
+        profile.enable()
+        for path in files:
+            transcode_file(path, tmp / "profiled", Path(path.name), [20])
+        profile.disable()
+        stats = pstats.Stats(profile)
+        total = stats.total_tt
+        codec = sum(row[2] for func, row in stats.stats.items()
+                    if func[0].endswith("openjpeg/utils.py") and func[2] in ("encode_array",
+                                                                             "decode"))
+        print(f"   worker time inside the codec (OpenJPEG encode + PSNR decode): "
+              f"{100 * codec / total:.0f} % of {total:.1f} s (target >= 80 %)")
+
+
+if __name__ == "__main__":
+    main()
