@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import ssl
+import tempfile
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -35,7 +36,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import (
     ComputedRadiographyImageStorage,
     DigitalMammographyXRayImageStorageForPresentation,
@@ -73,6 +74,19 @@ TRANSFER_SYNTAXES = (
 
 def policy_of(cr: float | str) -> str:
     return cr if isinstance(cr, str) else f"{cr:g}"
+
+
+def _place(source: Path, target: Path) -> None:
+    """Put `source` at `target` atomically: a hard link when on the same file system (no bytes
+    copied), else a copy; an earlier file there is replaced."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    partial.unlink(missing_ok=True)
+    try:
+        os.link(source, partial)
+    except OSError:
+        shutil.copyfile(source, partial)
+    os.replace(partial, target)
 
 
 class Node:
@@ -120,7 +134,7 @@ class Node:
         request = event.request
         start = time.perf_counter()
         status = accept(
-            event.encoded_dataset(include_meta=True),
+            event.dataset_path,
             sop_class_uid=str(request.AffectedSOPClassUID),
             sop_instance_uid=str(request.AffectedSOPInstanceUID),
             calling_ae=calling, site=site_name, policy=policy, spool=self.spool,
@@ -194,8 +208,7 @@ class Node:
             for job in jobs:
                 for path in job.outputs:
                     target = Path(destination.folder) / f"{job.sop_instance_uid}" / path.name
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(path, target)
+                    _place(path, target)
                 self.store.done(job.sop_instance_uid)
                 self.metrics.count("forwarded")
             return
@@ -223,10 +236,20 @@ class Node:
                 self.metrics.count("forwarded")
 
     # -- life cycle ----------------------------------------------------------------------
+    def _receive_into_files(self) -> None:
+        """Have pynetdicom write each incoming dataset straight to a file in storage/incoming/
+        (no copy of the image in memory; the spool rename moves no bytes)."""
+        self.spool.incoming.mkdir(parents=True, exist_ok=True)
+        for stale in self.spool.incoming.glob("*.dcm"):  # never acknowledged: the peer resends
+            stale.unlink()
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(self.spool.incoming)
+
     def start(self) -> None:
         # Spawned, not forked: a forked worker would inherit the listening socket and keep the
         # port busy after the node itself was killed.
         self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        self._receive_into_files()
         node = self.config.node
         self._server = self._ae().start_server(
             (node.host, node.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)],

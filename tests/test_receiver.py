@@ -35,10 +35,16 @@ def _one(small_cohort: Path) -> pydicom.Dataset:
 
 
 def _accept(data: bytes, ds: pydicom.Dataset, spool: Spool, store: JobStore, **changes) -> int:
+    """As the network layer does: the bytes in a file in incoming/, then accept decides."""
+    spool.incoming.mkdir(parents=True, exist_ok=True)
+    received = spool.incoming / f"{len(list(spool.incoming.iterdir()))}.dcm"
+    received.write_bytes(data)
     args = dict(sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID),
                 calling_ae="MG_A", site="a", policy="20", spool=spool, store=store,
                 max_bytes=2**30)
-    return accept(data, **{**args, **changes})
+    status = accept(received, **{**args, **changes})
+    assert not received.exists()  # moved into the spool or into quarantine, never left behind
+    return status
 
 
 def test_a_good_instance_is_spooled_and_recorded(small_cohort: Path, setup) -> None:
