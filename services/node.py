@@ -291,7 +291,17 @@ class Node:
     def stop(self) -> None:
         """Stop accepting, let running associations and jobs finish, then close."""
         if self._server is not None:
-            self._server.shutdown()
+            server, self._server = self._server, None
+            server.shutdown()  # no new associations; the running ones finish
+            deadline = time.monotonic() + self.config.node.network_timeout
+
+            def running() -> list:  # released or rejected ones may linger until a timer ends
+                return [a for a in server.active_associations if a.is_established]
+
+            while running() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for assoc in server.active_associations:  # stalled past the timeout, or finished
+                assoc.abort()
         if self._http is not None:
             self._http.shutdown()
         self._stop.set()

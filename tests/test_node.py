@@ -303,3 +303,35 @@ def test_killed_while_transcoding_resumes_on_restart(orthanc: Orthanc, tmp_path:
             assert float(tags["LossyImageCompressionRatio"]) == pytest.approx(20, rel=0.02)
     finally:
         assert node.terminate() == 0
+
+
+def test_sigterm_lets_a_running_association_finish(small_cohort: Path, tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "node", {"folder": str(tmp_path / "archive")})
+    files = sorted(small_cohort.glob("*/*.dcm"))
+    sender = subprocess.Popen(
+        [require("storescu"), "-v", "-aec", "DICOMCR", "-aet", MG_A, "127.0.0.1",
+         str(node.port), *map(str, files)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in sender.stderr:
+        if "Received Store Response (Success)" in line:
+            node.process.send_signal(signal.SIGTERM)  # after the first image, mid-association
+            break
+    rest = sender.stderr.read()
+    assert sender.wait(timeout=60) == 0, rest
+    assert rest.count("Received Store Response (Success)") == len(files) - 1
+    assert node.process.wait(timeout=60) == 0
+    node.log.close()
+    spooled = list((tmp_path / "node" / "data" / "spool").glob("*.dcm"))
+    assert len(spooled) == len(files)
+
+
+def test_a_wrong_called_ae_title_is_rejected(small_cohort: Path, tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "node", {"folder": str(tmp_path / "archive")})
+    try:
+        wrong = subprocess.run([require("echoscu"), "-aec", "SOMEONE", "-aet", MG_A, "127.0.0.1",
+                                str(node.port)], capture_output=True, text=True, timeout=30)
+        assert wrong.returncode != 0
+        assert "Called AE Title Not Recognized" in wrong.stdout + wrong.stderr
+        assert echoscu(node.port) == 0
+    finally:
+        assert node.terminate() == 0
