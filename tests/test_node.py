@@ -298,8 +298,10 @@ def test_killed_while_transcoding_resumes_on_restart(orthanc: Orthanc, tmp_path:
     node.start()
     try:
         stored = orthanc.wait_for(4, timeout=120)
-        assert len(stored) == 4
+        assert len(stored) == 4  # the full four-view study, full size
         for tags in stored:
+            assert tags["TransferSyntax"] == "1.2.840.10008.1.2.4.91"
+            assert tags["LossyImageCompression"] == "01"
             assert float(tags["LossyImageCompressionRatio"]) == pytest.approx(20, rel=0.02)
     finally:
         assert node.terminate() == 0
@@ -333,5 +335,26 @@ def test_a_wrong_called_ae_title_is_rejected(small_cohort: Path, tmp_path: Path)
         assert wrong.returncode != 0
         assert "Called AE Title Not Recognized" in wrong.stdout + wrong.stderr
         assert echoscu(node.port) == 0
+    finally:
+        assert node.terminate() == 0
+
+
+def test_killed_while_forwarding_every_instance_arrives_once(
+        small_cohort: Path, orthanc: Orthanc, tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "node", _pacs(orthanc))
+    files = sorted(small_cohort.glob("*/*.dcm"))
+    assert storescu(node.port, MG_A, *files).returncode == 0
+    deadline = time.monotonic() + 60
+    while not orthanc.get("/instances"):  # the forwarder has started storing into Orthanc
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    node.kill()
+    node.start()
+    try:
+        stored = orthanc.wait_for(len(files))
+        time.sleep(1)
+        assert len(orthanc.get("/instances")) == len(files) == len(stored)
+        sources = {t["SourceImageSequence"][0]["ReferencedSOPInstanceUID"] for t in stored}
+        assert sources == {pydicom.dcmread(p).SOPInstanceUID for p in files}
     finally:
         assert node.terminate() == 0
