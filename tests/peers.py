@@ -77,6 +77,16 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 15.0) -
     pytest.fail(f"{process.args[0]} did not listen on port {port} within {timeout} s")
 
 
+def stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM a peer, SIGKILL it if it has not exited within `timeout`."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class StoreSCP:
     """DCMTK's storescp on a free loopback port, writing what it receives into a folder."""
 
@@ -94,11 +104,7 @@ class StoreSCP:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop(self.process)
 
 
 class Orthanc:
@@ -152,8 +158,4 @@ class Orthanc:
         pytest.fail(f"Orthanc holds {len(self.get('/instances'))} instances, {count} expected")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop(self.process)
