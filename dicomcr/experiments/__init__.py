@@ -1,0 +1,1 @@
+"""Offline experiments: metrics with confidence intervals (more arrives with the experiments issue)."""
