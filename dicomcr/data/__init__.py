@@ -1,0 +1,1 @@
+"""Datasets for the experiments: the paper's preprocessing (more arrives with the experiments issue)."""
