@@ -1,0 +1,1 @@
+"""Classifiers of the paper and the model file format (training arrives with the experiments issue)."""

@@ -1,0 +1,87 @@
+"""The model file (.dcmcr): safetensors weights plus JSON metadata, loaded without running code.
+
+Metadata: format version, architecture and its spec, preprocessing, the CRs trained on, a
+fingerprint of the training data, validation metrics, package versions. A corrupt, truncated or
+foreign file is refused with a clear ModelFileError.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+
+from dicomcr import __version__
+
+from .cnn3 import CNN3, CNN3Spec
+
+FORMAT = "dicomcr-model"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used; the message says why."""
+
+
+@dataclass
+class ModelInfo:
+    """Everything a model file says about its model besides the weights."""
+
+    architecture: str
+    spec: dict
+    preprocessing: dict
+    trained_crs: list[float]
+    data_fingerprint: str
+    validation: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+
+
+def save_model(model: torch.nn.Module, info: ModelInfo, path: Path) -> None:
+    """Write weights and metadata to `path` (atomically)."""
+    if info.architecture != "cnn3":
+        raise ValueError(f"unknown architecture {info.architecture!r}")
+    info.versions = {"dicomcr": __version__, "torch": torch.__version__, **info.versions}
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                "info": json.dumps(info.__dict__, sort_keys=True)}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    safetensors.torch.save_file(tensors, str(partial), metadata=metadata)
+    partial.replace(path)
+
+
+def load_model(path: Path) -> tuple[torch.nn.Module, ModelInfo]:
+    """Read a model file back: the model in eval mode and its metadata."""
+    path = Path(path)
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except FileNotFoundError as exc:
+        raise ModelFileError(f"{path}: no such model file") from exc
+    except Exception as exc:  # safetensors raises its own kinds on corrupt headers
+        raise ModelFileError(f"{path}: not a readable model file ({exc})") from exc
+    if metadata.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not a dicomcr model file (format {metadata.get('format')!r})")
+    if metadata.get("format_version") != str(FORMAT_VERSION):
+        raise ModelFileError(f"{path}: model file version {metadata.get('format_version')}, "
+                             f"this dicomcr reads version {FORMAT_VERSION}")
+    try:
+        info = ModelInfo(**json.loads(metadata["info"]))
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path}: its metadata is damaged ({exc})") from exc
+    if info.architecture != "cnn3":
+        raise ModelFileError(f"{path}: unknown architecture {info.architecture!r}")
+    spec = CNN3Spec(**{k: tuple(v) if isinstance(v, list) else v for k, v in info.spec.items()})
+    model = CNN3(spec)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ModelFileError(f"{path}: its weights do not fit a {info.architecture} "
+                             f"({str(exc).splitlines()[0]})") from exc
+    model.eval()
+    return model, info

@@ -1,0 +1,69 @@
+"""CNN3 as the paper describes it, and model files that load without running code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dicomcr.models.cnn3 import CNN3, CNN3Spec
+from dicomcr.models.modelfile import ModelFileError, ModelInfo, load_model, save_model
+
+SMALL = CNN3Spec(channels=(4, 8, 8), hidden=(16, 8), input_size=(64, 64))
+
+
+def _info() -> ModelInfo:
+    return ModelInfo(architecture="cnn3", spec=SMALL.as_dict(),
+                     preprocessing={"scale": 0.3, "input_size": [64, 64]}, trained_crs=[20.0],
+                     data_fingerprint="abc123", validation={"auroc": 0.81})
+
+
+def test_cnn3_has_the_papers_convolutions_and_one_logit() -> None:
+    model = CNN3(SMALL)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 3
+    assert all(c.kernel_size == (6, 6) and c.stride == (2, 2) and c.padding == (2, 2)
+               for c in convs)
+    assert sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 3
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) == 3
+    out = model(torch.rand(5, 1, 64, 64))
+    assert out.shape == (5,)
+    with pytest.raises(ValueError, match="expected"):
+        model(torch.rand(5, 1, 32, 32))
+
+
+def test_a_model_file_round_trips_weights_and_metadata(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = CNN3(SMALL).eval()
+    path = tmp_path / "m.dcmcr"
+    save_model(model, _info(), path)
+    loaded, info = load_model(path)
+    x = torch.rand(3, 1, 64, 64)
+    assert torch.equal(model(x), loaded(x))
+    assert info.trained_crs == [20.0] and info.validation == {"auroc": 0.81}
+    assert info.versions["torch"] == torch.__version__
+
+
+def test_corrupt_foreign_and_truncated_files_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.dcmcr"
+    save_model(CNN3(SMALL), _info(), path)
+    data = path.read_bytes()
+    cases = {
+        "truncated.dcmcr": (data[: len(data) // 2], "not a readable model file"),
+        "garbage.dcmcr": (b"\x00" * 64, "not a readable model file"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ModelFileError, match=message):
+            load_model(tmp_path / name)
+    import safetensors.torch
+
+    safetensors.torch.save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.dcmcr"))
+    with pytest.raises(ModelFileError, match="not a dicomcr model file"):
+        load_model(tmp_path / "foreign.dcmcr")
+    torch.save(CNN3(SMALL).state_dict(), tmp_path / "pickle.dcmcr")  # a pickle is never loaded
+    with pytest.raises(ModelFileError, match="not a readable model file"):
+        load_model(tmp_path / "pickle.dcmcr")
+    with pytest.raises(ModelFileError, match="no such model file"):
+        load_model(tmp_path / "missing.dcmcr")
