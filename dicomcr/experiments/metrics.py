@@ -52,6 +52,9 @@ def auroc_delong(labels: np.ndarray, scores: np.ndarray, level: float = 0.95) ->
     y, s = _check(labels, scores)
     pos, neg = s[y], s[~y]
     m, n = len(pos), len(neg)
+    if m < 2 or n < 2:
+        raise ValueError(f"DeLong's interval needs at least two of each class, got {m} positive "
+                         f"and {n} negative")
     tx, ty, tz = _midrank(pos), _midrank(neg), _midrank(np.concatenate([pos, neg]))
     auc = (tz[:m].sum() - m * (m + 1) / 2) / (m * n)
     v10 = (tz[:m] - tx) / n  # structural components of the positives
