@@ -328,3 +328,62 @@ def train(
                                                  f"{value[2]:.3f})")
     table.add_row("model file", str(out))
     Console().print(table)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="A .dcmcr model file.")],
+    data: Annotated[Path, typer.Argument(help="A phantom cohort folder (with labels.csv).")],
+    cr: Annotated[list[float] | None, typer.Option("--cr", help="Test CR (repeatable; 1 = "
+                                                   "original). Default: the model's CRs.")] = None,
+    predictions: Annotated[Path | None, typer.Option(help="Write per-breast probabilities (CSV).")
+                           ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the AUPRC bootstrap.")] = 0,
+    cache: Annotated[Path | None, typer.Option(help="Preprocessed-input cache; default "
+                                                    "DATA/.dicomcr-cache.")] = None,
+) -> None:
+    """AUROC (DeLong 95 % CI) and AUPRC (bootstrap 95 % CI) of a model on every breast of DATA."""
+    import csv
+
+    import numpy as np
+    import torch
+
+    from dicomcr.data.cache import breast_inputs
+    from dicomcr.data.dataset import read_phantom_labels
+    from dicomcr.data.preprocess import Preprocessing
+    from dicomcr.experiments.metrics import auprc_bootstrap, auroc_delong
+    from dicomcr.experiments.train import predict
+    from dicomcr.models.modelfile import ModelFileError, load_model
+
+    try:
+        network, info = load_model(model)
+        breasts = read_phantom_labels(data)
+    except (ModelFileError, ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    crs = sorted({float(c) for c in (cr or info.trained_crs)})
+    if any(c < 1 for c in crs):
+        fail("a test CR is >= 1 (1 = the original image)")
+    p = Preprocessing.from_dict(info.preprocessing)
+    inputs = breast_inputs(breasts, crs, p, cache or Path(data) / ".dicomcr-cache")
+    labels = np.array([b.malignant for b in breasts])
+    table = Table(title=f"{model.name} (trained at CR {', '.join(f'{c:g}' for c in info.trained_crs)})"
+                        f" on {len(breasts)} breasts of {data}")
+    for name in ("test CR", "AUROC (95% CI)", "AUPRC (95% CI)"):
+        table.add_column(name)
+    rows = []
+    for c in crs:
+        scores = predict(network, inputs[c], torch.device("cpu"))
+        rows += [(b.patient_id, b.laterality, b.malignant, f"{c:g}", f"{s:.6f}")
+                 for b, s in zip(breasts, scores, strict=True)]
+        try:
+            auroc, auprc = auroc_delong(labels, scores), auprc_bootstrap(labels, scores, seed)
+            table.add_row(f"{c:g}", str(auroc), str(auprc))
+        except ValueError as exc:
+            table.add_row(f"{c:g}", f"not computed: {exc}", "")
+    Console().print(table)
+    if predictions is not None:
+        with open(predictions, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(("patient_id", "laterality", "malignant", "cr", "probability"))
+            writer.writerows(rows)
+        console.print(f"predictions: {predictions}")

@@ -9,7 +9,11 @@ import torch
 from typer.testing import CliRunner
 
 from dicomcr.cli import app
+from dicomcr.data.cache import breast_inputs
+from dicomcr.data.dataset import read_phantom_labels
+from dicomcr.data.preprocess import Preprocessing
 from dicomcr.experiments.splits import split_patients
+from dicomcr.experiments.train import predict
 from dicomcr.models.modelfile import load_model
 from dicomcr.phantom import CohortSpec, write_cohort
 
@@ -75,3 +79,26 @@ def test_a_folder_without_labels_is_refused(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", str(tmp_path), "--cr", "20", "--out",
                                  str(tmp_path / "m")])
     assert result.exit_code == 2 and "labels.csv" in result.output
+
+
+def test_evaluate_reports_auroc_and_auprc_and_writes_predictions(cohort: Path,
+                                                                  tmp_path: Path) -> None:
+    assert _train(cohort, tmp_path / "m.dcmcr", "--cr", "20").exit_code == 0
+    out = tmp_path / "p.csv"
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "m.dcmcr"), str(cohort), "--cr", "20",
+                                 "--cr", "1", "--predictions", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "95% CI" in result.output
+    lines = out.read_text().splitlines()
+    assert lines[0] == "patient_id,laterality,malignant,cr,probability"
+    assert len(lines) == 1 + 2 * 48  # every breast at both CRs
+    # the same probabilities as the library gives for the same breasts and model
+    model, info = load_model(tmp_path / "m.dcmcr")
+    breasts = read_phantom_labels(cohort)
+    p = Preprocessing.from_dict(info.preprocessing)
+    x = breast_inputs(breasts, [20.0], p, cohort / ".dicomcr-cache")[20.0]
+    expected = predict(model, x, torch.device("cpu"))
+    at20 = [float(line.rsplit(",", 1)[1]) for line in lines[1:] if line.split(",")[3] == "20"]
+    assert at20 == pytest.approx(expected.tolist(), abs=1e-6)
+    bad = runner.invoke(app, ["evaluate", str(tmp_path / "p.csv"), str(cohort)])
+    assert bad.exit_code == 2 and "not a readable model file" in bad.output

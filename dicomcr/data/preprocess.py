@@ -26,6 +26,11 @@ class Preprocessing:
     input_size: tuple[int, int] = (256, 256)  # (rows, columns) of the model input: our choice
     mirror_right: bool = True  # our choice: chest wall on the left for every input
 
+    @classmethod
+    def from_dict(cls, values: dict) -> Preprocessing:
+        """Back from a model file's JSON metadata (lists become tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
     def __post_init__(self) -> None:
         if not 0 < self.scale <= 1:
             raise ValueError(f"scale must be in (0, 1], got {self.scale}")
