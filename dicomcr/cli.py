@@ -35,6 +35,14 @@ def main(
     """dicomcr: JPEG 2000 at exact compression ratios for mammography, as a DICOM toolkit."""
 
 
+def _progress(label: str, unit: str, status: bool = False, disable: bool = False) -> Progress:
+    """The one progress bar of the command line: label, bar, done/total unit, [status], time."""
+    columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit)]
+    if status:
+        columns.append(TextColumn("{task.fields[status]}"))
+    return Progress(*columns, TimeElapsedColumn(), console=console, disable=disable)
+
+
 def fail(message: str) -> None:
     """Say what is wrong (whole lines, no markup from the message) and exit with status 2."""
     console.print("[bold red]error:[/] ", end="")
@@ -61,9 +69,7 @@ def phantom(
         fail(str(exc))
     workers = workers if workers > 0 else (os.cpu_count() or 1)
     workers = min(workers, studies)
-    columns = (TextColumn("[bold]phantom"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("studies"), TimeElapsedColumn())
-    with Progress(*columns, console=console, disable=studies < 2) as bar:
+    with _progress("phantom", "studies", disable=studies < 2) as bar:
         task = bar.add_task("phantom", total=studies)
         try:
             summary = write_cohort(spec, out, workers, progress=lambda _: bar.advance(task))
@@ -128,9 +134,7 @@ def transcode(
     workers = min(workers if workers > 0 else (os.cpu_count() or 1), len(inputs))
 
     rows = []
-    columns = (TextColumn("[bold]transcode"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("files"), TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar, ProcessPoolExecutor(workers) as pool:
+    with _progress("transcode", "files") as bar, ProcessPoolExecutor(workers) as pool:
         task = bar.add_task("transcode", total=len(inputs))
         jobs = [pool.submit(transcode_file, path, out, relative, targets, lossless)
                 for path, relative in inputs]
@@ -195,10 +199,8 @@ def send(
     if not files:
         fail("no DICOM files to send")
     failed = []
-    columns = (TextColumn("[bold]send"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
-               TimeElapsedColumn())
     try:
-        with Progress(*columns, console=console) as bar:
+        with _progress("send", "files") as bar:
             task = bar.add_task("send", total=len(files))
             for result in c_store(peer, files):
                 bar.advance(task)
@@ -293,10 +295,8 @@ def train(
     train_x, train_y = stacked(train_ids)
     val_x, val_y = stacked(val_ids)
     spec = CNN3Spec(input_size=p.input_size)
-    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
-               TextColumn("{task.fields[status]}"), TimeElapsedColumn())
     try:
-        with Progress(*columns, console=console) as bar:
+        with _progress("train", "epochs", status=True) as bar:
             task = bar.add_task("train", total=options.epochs, status="")
             result = train_cnn3(train_x, train_y, val_x, val_y, spec, options, lambda r: bar.update(
                 task, advance=1, status=f"loss {r['loss']:.3f} val AUROC {r['val_auroc']:.3f}"))

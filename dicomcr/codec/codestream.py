@@ -35,10 +35,6 @@ class Layout:
     def packets_per_layer(self) -> int:
         return len(self.packet_lengths) // self.layers
 
-    def layer_end(self, layer: int) -> int:
-        """Bytes of packet data up to and including `layer` (0-based)."""
-        return sum(self.packet_lengths[: (layer + 1) * self.packets_per_layer])
-
     def truncated(self, layer: int) -> bytes:
         """A standalone codestream holding layers 0..`layer`."""
         if not 0 <= layer < self.layers:

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pydicom
 
 from ..codec.j2k import decode, encode_ladder
 from ..dicom.source import read_source
@@ -27,8 +28,6 @@ def _key(sop_uid: str, cr: float, p: Preprocessing) -> str:
 def _views_at(path: Path, laterality: str, view: str, crs: list[float], p: Preprocessing,
               cache: Path) -> dict[float, np.ndarray]:
     """The preprocessed crop of one view at every CR, from the cache or computed once."""
-    import pydicom
-
     header = pydicom.dcmread(path, stop_before_pixels=True)
     uid = str(header.SOPInstanceUID)
     files = {cr: cache / f"{_key(uid, cr, p)}.npy" for cr in crs}

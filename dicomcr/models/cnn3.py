@@ -51,11 +51,6 @@ class CNN3(nn.Module):
             nn.Linear(h2, 1),
         )
 
-    @property
-    def last_conv(self) -> nn.Module:
-        """The layer Grad-CAM explains (the last convolution block)."""
-        return self.features[-1]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 1 or tuple(x.shape[2:]) != self.spec.input_size:
             raise ValueError(f"expected (batch, 1, {self.spec.input_size[0]}, "

@@ -114,7 +114,7 @@ class PhantomStudy:
             window_width=view.window_width,
             voi_lut_function=self.detector.voi_lut_function,
             body_part_thickness_mm=self.thickness_mm[view.name],
-            compression_force_n=80.0 + 4.0 * self.index % 60,
+            compression_force_n=80.0 + (4.0 * self.index) % 60,
             kvp=28.0 if self.detector.key == "hologic" else 29.0,
             exposure_mas=0.9 * self.thickness_mm[view.name] + 40.0,
         )
