@@ -214,21 +214,45 @@ def send(
         raise typer.Exit(code=1)
 
 
+# ---------------------------------------------------------------- experiments (offline)
+# Options every experiment command shares: where the data are and how they are read.
+FormatOpt = Annotated[str, typer.Option("--format", help="How DATA is labelled: phantom "
+                                        "(DATA/labels.csv), csv, rsna or vindr.")]
+LabelsOpt = Annotated[Path | None, typer.Option("--labels", help="The labels CSV (csv, rsna: "
+                                                "train.csv, vindr: breast-level_annotations.csv).")]
+ColumnsOpt = Annotated[str | None, typer.Option("--columns", help="For --format csv: patient=COL,"
+                                                "laterality=COL,view=COL,label=COL,path=TEMPLATE"
+                                                "[,positive=V1|V2], e.g. path={pid}/{img}.dcm.")]
+CacheOpt = Annotated[Path | None, typer.Option(help="Preprocessed-input cache; default "
+                                                    "DATA/.dicomcr-cache.")]
+WorkersOpt = Annotated[int, typer.Option(help="Processes for preprocessing; default: all cores.")]
+ArchOpt = Annotated[str, typer.Option("--arch", help="cnn3 (the paper's) or resnet18.")]
+ImagenetOpt = Annotated[Path | None, typer.Option(help="ResNet18 ImageNet weights (a torchvision "
+                                                  ".pth); default: the local torch cache.")]
+EpochsOpt = Annotated[int, typer.Option(help="Maximum epochs.")]
+BatchOpt = Annotated[int, typer.Option(help="Inputs per batch.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the split, the weights and the order.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+InputSizeOpt = Annotated[int, typer.Option(help="Model input rows = columns.")]
 
-def _cr_mix(text: str) -> list[float]:
-    """'1,15,20' or a range of the paper's CRs, '1-11000'."""
+
+def _crs(text: str) -> list[float]:
+    """'1,15,20', a range of the paper's CRs '1-11000', or 'paper' (1 and the paper's eleven)."""
     from dicomcr.codec.j2k import PAPER_LADDER, check_ratio
 
+    text = text.strip()
     try:
-        if "-" in text:
+        if text == "paper":
+            crs = [1.0, *(float(c) for c in PAPER_LADDER)]
+        elif "-" in text:
             lo, hi = (float(v) for v in text.split("-", 1))
             crs = [float(c) for c in (1, *PAPER_LADDER) if lo <= c <= hi]
         else:
             crs = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        fail(f"--cr-mix takes '1,15,20' or '1-11000', got {text!r}")
+        fail(f"CRs are 'paper', '1,15,20' or '1-11000', got {text!r}")
     if not crs:
-        fail(f"--cr-mix {text!r} names no CR")
+        fail(f"{text!r} names no CR")
     for cr in crs:
         if cr != 1.0:
             try:
@@ -238,67 +262,142 @@ def _cr_mix(text: str) -> list[float]:
     return sorted(set(crs))
 
 
+def _dataset(data: Path, layout: str, labels: Path | None, columns: str | None):
+    """Read DATA with the chosen reader; say what was left out, in a few lines."""
+    from dicomcr.data.dataset import load_dataset
+
+    try:
+        dataset = load_dataset(data, layout, labels, columns)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    for line in dataset.problems[:10]:
+        console.print(f"[yellow]{line}[/]", markup=True, highlight=False)
+    if len(dataset.problems) > 10:
+        console.print(f"[yellow]... and {len(dataset.problems) - 10} more problems[/]")
+    breasts = dataset.breasts
+    console.print(f"{len(breasts)} breasts of {len({b.patient_id for b in breasts})} patients "
+                  f"({sum(b.malignant for b in breasts)} malignant) from {dataset.source}")
+    return breasts
+
+
+def _inputs(breasts: list, crs: list[float], p, cache: Path | None, data: Path, workers: int):
+    """The preprocessed inputs at every CR, from the cache or computed with a progress bar."""
+    from dicomcr.data.cache import breast_inputs
+    from dicomcr.dicom.source import InputError
+
+    workers = workers if workers > 0 else (os.cpu_count() or 1)
+    with _progress("preprocess", "views (missing from the cache)") as bar:
+        task = bar.add_task("preprocess", total=None)
+        try:
+            return breast_inputs(breasts, crs, p, cache or Path(data) / ".dicomcr-cache", workers,
+                                 lambda done, total: bar.update(task, completed=done, total=total))
+        except (InputError, ValueError, OSError) as exc:
+            fail(f"preprocessing failed: {exc}")
+
+
+def _architecture(arch: str, input_size: int, imagenet: Path | None):
+    """(build, spec) of the network to train; ResNet18 starts from ImageNet weights if on disk."""
+    from dicomcr.models import ARCHITECTURES, CNN3, CNN3Spec, ResNet18, ResNet18Spec
+    from dicomcr.models.resnet18 import imagenet_weights_path
+
+    size = (input_size, input_size)
+    if arch not in ARCHITECTURES:
+        fail(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if arch == "cnn3":
+        cnn3 = CNN3Spec(input_size=size)
+        return (lambda: CNN3(cnn3)), cnn3.as_dict()
+    weights = imagenet or imagenet_weights_path()
+    if imagenet is not None and not imagenet.is_file():
+        fail(f"--imagenet-weights {imagenet}: no such file")
+    if not weights.is_file():
+        console.print(f"[yellow]ImageNet weights for ResNet18 not found at {weights} (nothing is "
+                      "downloaded): training ResNet18 from scratch.[/]")
+        plain = ResNet18Spec(input_size=size, imagenet=False)
+        return (lambda: ResNet18(plain)), plain.as_dict()
+    spec = ResNet18Spec(input_size=size, imagenet=True)
+    try:
+        ResNet18(spec).load_imagenet(weights)  # fail now, not in the first fold
+    except ValueError as exc:
+        fail(str(exc))
+    console.print(f"ResNet18 starts from the ImageNet weights in {weights}")
+
+    def build() -> ResNet18:
+        net = ResNet18(spec)
+        net.load_imagenet(weights)
+        return net
+
+    return build, spec.as_dict()
+
+
+def _options(epochs: int, batch_size: int, seed: int, device: str):
+    from dicomcr.experiments.train import TrainOptions, pick_device
+
+    try:
+        options = TrainOptions(epochs=epochs, batch_size=batch_size, seed=seed, device=device)
+        pick_device(device)
+    except ValueError as exc:
+        fail(str(exc))
+    return options
+
+
 @app.command()
 def train(
-    data: Annotated[Path, typer.Argument(help="A phantom cohort folder (with labels.csv).")],
+    data: Annotated[Path, typer.Argument(help="The image folder (a phantom cohort, or the DICOM "
+                                              "folder that --labels refers to).")],
     out: Annotated[Path, typer.Option("--out", help="The model file to write (.dcmcr).")],
     cr: Annotated[float | None, typer.Option(help="Train at this CR (1 = original).")] = None,
     cr_mix: Annotated[str | None, typer.Option(help="Train on a CR mixture: '1,15,20' or "
                                                     "'1-11000' (the paper's CRs in range).")] = None,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 20,
-    batch_size: Annotated[int, typer.Option(help="Inputs per batch.")] = 16,
-    seed: Annotated[int, typer.Option(help="Seed of the split, the weights and the order.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    input_size: Annotated[int, typer.Option(help="Model input rows = columns.")] = 256,
-    cache: Annotated[Path | None, typer.Option(help="Preprocessed-input cache; default "
-                                                    "DATA/.dicomcr-cache.")] = None,
+    arch: ArchOpt = "cnn3",
+    imagenet_weights: ImagenetOpt = None,
+    epochs: EpochsOpt = 20,
+    batch_size: BatchOpt = 16,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    input_size: InputSizeOpt = 256,
+    layout: FormatOpt = "phantom",
+    labels_csv: LabelsOpt = None,
+    columns: ColumnsOpt = None,
+    cache: CacheOpt = None,
+    workers: WorkersOpt = 0,
 ) -> None:
-    """Train CNN3 at one CR or a CR mixture; split by patient 7:1:2, early stopping on val AUROC."""
+    """Train a classifier at one CR or a CR mixture; split by patient 7:1:2, early stopping on val AUROC."""
     from dataclasses import asdict
 
     import numpy as np
     import torch
 
-    from dicomcr.data.cache import breast_inputs
-    from dicomcr.data.dataset import fingerprint, read_phantom_labels
+    from dicomcr.data.dataset import fingerprint
     from dicomcr.data.preprocess import Preprocessing
     from dicomcr.experiments.metrics import auroc_delong
     from dicomcr.experiments.splits import split_patients
-    from dicomcr.experiments.train import TrainOptions, predict, train_cnn3
-    from dicomcr.models.cnn3 import CNN3Spec
+    from dicomcr.experiments.train import predict, stack_crs, train_model
     from dicomcr.models.modelfile import ModelInfo, save_model
 
     if (cr is None) == (cr_mix is None):
         fail("give exactly one of --cr and --cr-mix")
-    crs = _cr_mix(cr_mix) if cr_mix is not None else _cr_mix(f"{cr:g}")
+    crs = _crs(cr_mix) if cr_mix is not None else _crs(f"{cr:g}")
+    options = _options(epochs, batch_size, seed, device)
     try:
-        options = TrainOptions(epochs=epochs, batch_size=batch_size, seed=seed, device=device)
         p = Preprocessing(input_size=(input_size, input_size))
-        breasts = read_phantom_labels(data)
-    except (ValueError, FileNotFoundError) as exc:
+    except ValueError as exc:
         fail(str(exc))
+    build, spec = _architecture(arch, input_size, imagenet_weights)
+    breasts = _dataset(data, layout, labels_csv, columns)
     train_ids, val_ids, test_ids = split_patients([b.patient_id for b in breasts],
                                                   [b.malignant for b in breasts], seed)
-    console.print(f"{len(breasts)} breasts of {len(set(b.patient_id for b in breasts))} patients; "
-                  f"CRs {', '.join(f'{c:g}' for c in crs)}; preprocessing (cached) ...")
-    inputs = breast_inputs(breasts, crs, p, cache or Path(data) / ".dicomcr-cache")
+    inputs = _inputs(breasts, crs, p, cache, data, workers)
     labels = np.array([b.malignant for b in breasts])
 
     def rows(ids: set[str]) -> np.ndarray:
         return np.array([i for i, b in enumerate(breasts) if b.patient_id in ids], dtype=int)
 
-    def stacked(ids: set[str]) -> tuple[np.ndarray, np.ndarray]:
-        index = rows(ids)
-        return (np.concatenate([inputs[c][index] for c in crs]),
-                np.concatenate([labels[index]] * len(crs)))
-
-    train_x, train_y = stacked(train_ids)
-    val_x, val_y = stacked(val_ids)
-    spec = CNN3Spec(input_size=p.input_size)
+    train_x, train_y = stack_crs(inputs, labels, rows(train_ids), crs)
+    val_x, val_y = stack_crs(inputs, labels, rows(val_ids), crs)
     try:
         with _progress("train", "epochs", status=True) as bar:
             task = bar.add_task("train", total=options.epochs, status="")
-            result = train_cnn3(train_x, train_y, val_x, val_y, spec, options, lambda r: bar.update(
+            result = train_model(build, train_x, train_y, val_x, val_y, options, lambda r: bar.update(
                 task, advance=1, status=f"loss {r['loss']:.3f} val AUROC {r['val_auroc']:.3f}"))
     except ValueError as exc:
         fail(str(exc))
@@ -313,9 +412,9 @@ def train(
             continue
         report[f"test_auroc_cr{c:g}"] = [estimate.value, estimate.low, estimate.high]
     save_model(result.model, ModelInfo(
-        architecture="cnn3", spec=spec.as_dict(), preprocessing=asdict(p), trained_crs=crs,
+        architecture=arch, spec=spec, preprocessing=asdict(p), trained_crs=crs,
         data_fingerprint=fingerprint(breasts), validation=report), out)
-    table = Table(title=f"CNN3 trained at CR {', '.join(f'{c:g}' for c in crs)}",
+    table = Table(title=f"{arch} trained at CR {', '.join(f'{c:g}' for c in crs)}",
                   show_header=False)
     table.add_row("split (patients)", f"{len(train_ids)} / {len(val_ids)} / {len(test_ids)}")
     table.add_row("best epoch", str(result.best_epoch))
@@ -333,14 +432,17 @@ def train(
 @app.command()
 def evaluate(
     model: Annotated[Path, typer.Argument(help="A .dcmcr model file.")],
-    data: Annotated[Path, typer.Argument(help="A phantom cohort folder (with labels.csv).")],
+    data: Annotated[Path, typer.Argument(help="The image folder (as for train).")],
     cr: Annotated[list[float] | None, typer.Option("--cr", help="Test CR (repeatable; 1 = "
                                                    "original). Default: the model's CRs.")] = None,
     predictions: Annotated[Path | None, typer.Option(help="Write per-breast probabilities (CSV).")
                            ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the AUPRC bootstrap.")] = 0,
-    cache: Annotated[Path | None, typer.Option(help="Preprocessed-input cache; default "
-                                                    "DATA/.dicomcr-cache.")] = None,
+    layout: FormatOpt = "phantom",
+    labels_csv: LabelsOpt = None,
+    columns: ColumnsOpt = None,
+    cache: CacheOpt = None,
+    workers: WorkersOpt = 0,
 ) -> None:
     """AUROC (DeLong 95 % CI) and AUPRC (bootstrap 95 % CI) of a model on every breast of DATA."""
     import csv
@@ -348,8 +450,6 @@ def evaluate(
     import numpy as np
     import torch
 
-    from dicomcr.data.cache import breast_inputs
-    from dicomcr.data.dataset import read_phantom_labels
     from dicomcr.data.preprocess import Preprocessing
     from dicomcr.experiments.metrics import auprc_bootstrap, auroc_delong
     from dicomcr.experiments.train import predict
@@ -357,14 +457,14 @@ def evaluate(
 
     try:
         network, info = load_model(model)
-        breasts = read_phantom_labels(data)
-    except (ModelFileError, ValueError, FileNotFoundError) as exc:
+    except ModelFileError as exc:
         fail(str(exc))
     crs = sorted({float(c) for c in (cr or info.trained_crs)})
     if any(c < 1 for c in crs):
         fail("a test CR is >= 1 (1 = the original image)")
+    breasts = _dataset(data, layout, labels_csv, columns)
     p = Preprocessing.from_dict(info.preprocessing)
-    inputs = breast_inputs(breasts, crs, p, cache or Path(data) / ".dicomcr-cache")
+    inputs = _inputs(breasts, crs, p, cache, data, workers)
     labels = np.array([b.malignant for b in breasts])
     table = Table(title=f"{model.name} (trained at CR {', '.join(f'{c:g}' for c in info.trained_crs)})"
                         f" on {len(breasts)} breasts of {data}")
@@ -387,3 +487,143 @@ def evaluate(
             writer.writerow(("patient_id", "laterality", "malignant", "cr", "probability"))
             writer.writerows(rows)
         console.print(f"predictions: {predictions}")
+
+
+@app.command()
+def cv(
+    data: Annotated[Path, typer.Argument(help="The image folder (as for train).")],
+    out: Annotated[Path, typer.Option("--out", help="Results folder (reused: finished folds are "
+                                                    "not recomputed).")],
+    cr: Annotated[str, typer.Option("--cr", help="'paper' (1 and the paper's eleven CRs), "
+                                                 "'1,20,1000' or '1-11000'.")] = "paper",
+    folds: Annotated[int, typer.Option(help="Number of folds.")] = 5,
+    cross: Annotated[bool, typer.Option("--cross", help="Table 2: test every model at every CR.")
+                     ] = False,
+    augment: Annotated[bool, typer.Option("--augment", help="Fig. 4: also train on CR mixtures "
+                                                            "1-x, tested at every CR.")] = False,
+    arch: ArchOpt = "cnn3",
+    imagenet_weights: ImagenetOpt = None,
+    epochs: EpochsOpt = 20,
+    batch_size: BatchOpt = 16,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    input_size: InputSizeOpt = 256,
+    layout: FormatOpt = "phantom",
+    labels_csv: LabelsOpt = None,
+    columns: ColumnsOpt = None,
+    cache: CacheOpt = None,
+    workers: WorkersOpt = 0,
+) -> None:
+    """Five-fold cross-validation of the paper's experiments: Table 1, --cross Table 2, --augment Fig. 4."""
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from dicomcr.data.dataset import fingerprint
+    from dicomcr.data.preprocess import Preprocessing
+    from dicomcr.experiments import cv as cvlib
+    from dicomcr.experiments.report import write_figures
+
+    crs = _crs(cr)
+    try:
+        plans = cvlib.plan_models(crs, cross, augment)
+        p = Preprocessing(input_size=(input_size, input_size))
+    except ValueError as exc:
+        fail(str(exc))
+    options = _options(epochs, batch_size, seed, device)
+    build, spec = _architecture(arch, input_size, imagenet_weights)
+    breasts = _dataset(data, layout, labels_csv, columns)
+    patient_of = [b.patient_id for b in breasts]
+    labels = np.array([b.malignant for b in breasts])
+    try:
+        fold_list = cvlib.cv_folds(patient_of, labels.tolist(), folds, seed)
+    except ValueError as exc:
+        fail(str(exc))
+    inputs = _inputs(breasts, crs, p, cache, data, workers)
+    data_id = fingerprint(breasts)
+
+    def identity(plan: cvlib.ModelPlan, fold: cvlib.Fold) -> str:
+        return cvlib.fold_identity(plan, fold, arch, spec, options, asdict(p), data_id)
+
+    results_dir = cvlib.ResultsDir(out)
+    reused = 0
+    with _progress("cv", "folds", status=True) as bar:
+        task = bar.add_task("cv", total=len(plans) * len(fold_list), status="")
+        current = {"name": ""}
+
+        def on_fold(plan: cvlib.ModelPlan, fold: cvlib.Fold, done: bool) -> None:
+            nonlocal reused
+            if current["name"]:
+                bar.advance(task)
+            current["name"] = f"{plan.name} fold {fold.index + 1}/{len(fold_list)}"
+            reused += done
+            bar.update(task, status=current["name"] + (" (done before)" if done else ""))
+
+        def on_epoch(record: dict) -> None:
+            bar.update(task, status=f"{current['name']} epoch {record['epoch']} "
+                                    f"val AUROC {record['val_auroc']:.3f}")
+
+        try:
+            results = cvlib.cross_validate(plans, fold_list, [b.key for b in breasts], patient_of,
+                                           inputs, labels, build, options, identity, results_dir,
+                                           on_fold, on_epoch)
+        except ValueError as exc:
+            fail(f"training failed: {exc}")
+        bar.advance(task)
+    if reused:
+        console.print(f"{reused} fold(s) were finished before and reused from {out}/folds")
+    try:
+        rows = cvlib.summarise(plans, results, seed)
+    except ValueError as exc:
+        fail(f"the metrics cannot be computed: {exc}")
+    meta = {"data": str(data), "data_fingerprint": data_id, "architecture": arch, "spec": spec,
+            "preprocessing": asdict(p), "options": asdict(options), "folds": folds,
+            "crs": crs, "cross": cross, "augment": augment, "breasts": len(breasts),
+            "patients": len(set(patient_of)), "malignant": int(labels.sum())}
+    cvlib.write_tables(out, rows, results, meta)
+    figures = write_figures(out, plans, rows, results)
+    _print_rows(rows, plans, cross or augment)
+    for path in [out / "results.csv", out / "results.json", out / "predictions.csv", *figures]:
+        console.print(f"wrote {path}")
+
+
+def _print_rows(rows: list, plans: list, every_cr: bool) -> None:
+    """Table 1 (each model at its own CR) and, when tested at every CR, the AUROC matrix."""
+    table = Table(title="Table 1: each model trained and tested at one CR (pooled out-of-fold)")
+    for name in ("model", "AUROC (95% CI)", "fold mean ± sd", "AUPRC (95% CI)", "fold mean ± sd"):
+        table.add_column(name)
+    for r in rows:
+        if r.train_crs == f"{r.test_cr:g}":
+            table.add_row(r.model, f"{r.auroc:.3f} ({r.auroc_low:.3f}-{r.auroc_high:.3f})",
+                          f"{r.fold_auroc_mean:.3f} ± {r.fold_auroc_sd:.3f}",
+                          f"{r.auprc:.3f} ({r.auprc_low:.3f}-{r.auprc_high:.3f})",
+                          f"{r.fold_auprc_mean:.3f} ± {r.fold_auprc_sd:.3f}")
+    Console().print(table)
+    if not every_cr:
+        return
+    crs = sorted({r.test_cr for r in rows})
+    matrix = Table(title="AUROC of every model at every test CR (rows: model, columns: test CR)")
+    matrix.add_column("model")
+    for c in crs:
+        matrix.add_column(f"{c:g}", justify="right")
+    for plan in plans:
+        cells = {r.test_cr: f"{r.auroc:.3f}" for r in rows if r.model == plan.name}
+        matrix.add_row(plan.name, *(cells.get(c, "") for c in crs))
+    Console().print(matrix)
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="A results folder written by dicomcr cv.")],
+    out: Annotated[Path | None, typer.Option("--out", help="The HTML file; default "
+                                                           "RESULTS/report.html.")] = None,
+) -> None:
+    """One self-contained HTML page (viewable offline) with the tables and figures of a cv run."""
+    from dicomcr.experiments.report import ReportError, write_report
+
+    target = out or results / "report.html"
+    try:
+        write_report(results, target)
+    except ReportError as exc:
+        fail(str(exc))
+    Console().print(f"report: {target}")

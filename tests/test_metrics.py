@@ -62,3 +62,13 @@ def test_auprc_bootstrap_is_seeded_and_brackets_the_value() -> None:
 def test_bad_input_is_refused(labels, scores, message) -> None:
     with pytest.raises(ValueError, match=message):
         auroc_delong(np.array(labels), np.array(scores))
+
+
+def test_average_precision_equals_sklearn_with_ties() -> None:
+    from dicomcr.experiments.metrics import average_precision
+
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        y, s = _sample(rng, int(rng.integers(10, 200)), 0.3, 0.8)
+        s = np.round(s, 1)
+        assert average_precision(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)

@@ -67,3 +67,39 @@ def test_corrupt_foreign_and_truncated_files_are_refused(tmp_path: Path) -> None
         load_model(tmp_path / "pickle.dcmcr")
     with pytest.raises(ModelFileError, match="no such model file"):
         load_model(tmp_path / "missing.dcmcr")
+
+
+def test_resnet18_takes_one_channel_and_starts_from_imagenet_weights_on_disk(tmp_path: Path
+                                                                             ) -> None:
+    import torchvision
+
+    from dicomcr.models import ResNet18, ResNet18Spec, build_model
+
+    reference = torchvision.models.resnet18(weights=None)  # same layout as the ImageNet file
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    model = ResNet18(ResNet18Spec(input_size=(64, 64), imagenet=True))
+    model.load_imagenet(tmp_path / "resnet18.pth")
+    assert torch.equal(model.net.conv1.weight, reference.conv1.weight.sum(dim=1, keepdim=True))
+    assert torch.equal(model.net.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert model.eval()(torch.rand(3, 1, 64, 64)).shape == (3,)
+
+    class Payload:  # a pickle that would run code: refused by weights_only loading
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    torch.save({"conv1.weight": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="not a readable ResNet18 weights file"):
+        model.load_imagenet(tmp_path / "evil.pth")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="not a torchvision ResNet18"):
+        model.load_imagenet(tmp_path / "other.pth")
+
+    info = ModelInfo(architecture="resnet18", spec=model.spec.as_dict(),
+                     preprocessing={"input_size": [64, 64]}, trained_crs=[1.0],
+                     data_fingerprint="x")
+    save_model(model, info, tmp_path / "r.dcmcr")
+    loaded, back = load_model(tmp_path / "r.dcmcr")
+    x = torch.rand(2, 1, 64, 64)
+    assert back.architecture == "resnet18" and torch.equal(model(x), loaded(x))
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model("vgg", {})

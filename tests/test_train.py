@@ -67,7 +67,7 @@ def test_train_writes_a_model_that_loads_and_is_reproducible(cohort: Path, tmp_p
 @pytest.mark.parametrize(("args", "message"), [
     (["--cr", "20", "--cr-mix", "1,20"], "exactly one"),
     ([], "exactly one"),
-    (["--cr-mix", "abc"], "--cr-mix"),
+    (["--cr-mix", "abc"], "CRs are"),
     (["--cr", "0.5"], "> 1"),
 ])
 def test_bad_training_arguments(cohort: Path, tmp_path: Path, args, message) -> None:
@@ -102,3 +102,21 @@ def test_evaluate_reports_auroc_and_auprc_and_writes_predictions(cohort: Path,
     assert at20 == pytest.approx(expected.tolist(), abs=1e-6)
     bad = runner.invoke(app, ["evaluate", str(tmp_path / "p.csv"), str(cohort)])
     assert bad.exit_code == 2 and "not a readable model file" in bad.output
+
+
+def test_resnet18_trains_from_scratch_when_no_imagenet_weights_are_on_disk(
+        cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # an empty torch cache
+    result = _train(cohort, tmp_path / "r.dcmcr", "--cr", "1", "--arch", "resnet18")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert "not found" in said and "(nothing is downloaded): training ResNet18 from scratch" in said
+    _, info = load_model(tmp_path / "r.dcmcr")
+    assert info.architecture == "resnet18" and info.spec["imagenet"] is False
+    missing = runner.invoke(app, ["train", str(cohort), "--cr", "1", "--arch", "resnet18",
+                                  "--imagenet-weights", str(tmp_path / "none.pth"), "--out",
+                                  str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "no such file" in missing.output
+    bad = runner.invoke(app, ["train", str(cohort), "--cr", "1", "--arch", "vgg", "--out",
+                              str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "unknown architecture" in bad.output

@@ -1,15 +1,23 @@
 """A dataset: breasts (CC + MLO of one side of one patient) with a malignant label.
 
-Reader here: the phantom's labels.csv. The generic CSV, RSNA and VinDr readers arrive with the
-experiments issue; they all produce the same `Breast` records.
+Readers, all producing the same `Breast` records and a list of problems (never guesses):
+- the phantom's labels.csv (`read_phantom_labels`);
+- any per-image CSV, with the column names given (`read_image_table` with a `ColumnMap`);
+- the RSNA Screening Mammography train.csv and VinDr-Mammo's breast-level annotations, which are
+  per-image CSVs with known columns and folder layouts (`RSNA`, `VINDR`).
+Images are grouped by patient and laterality; a breast lacking its CC or its MLO is reported and
+left out, and a breast with several images of one view uses the first by file name (reported).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
+
+FORMATS = ("phantom", "csv", "rsna", "vindr")
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,66 @@ class Breast:
     @property
     def key(self) -> str:
         return f"{self.patient_id}/{self.laterality}"
+
+
+@dataclass
+class Dataset:
+    """The breasts a reader found, and what it had to leave out (one line per problem)."""
+
+    breasts: list[Breast]
+    problems: list[str] = field(default_factory=list)
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Which CSV column holds what, and how a row's image file is found.
+
+    `path` is a template over the row's columns, relative to the image root, e.g.
+    "{patient_id}/{image_id}.dcm"; `positive` lists the label values that mean malignant.
+    """
+
+    patient: str
+    laterality: str
+    view: str
+    label: str
+    path: str
+    positive: tuple[str, ...] = ("1",)
+    view_names: dict[str, str] = field(default_factory=lambda: {"CC": "CC", "MLO": "MLO"})
+
+    def __post_init__(self) -> None:
+        for name in ("patient", "laterality", "view", "label", "path"):
+            if not getattr(self, name):
+                raise ValueError(f"the column map needs {name!r}")
+        if not self.positive:
+            raise ValueError("the column map needs at least one positive label value")
+
+    @classmethod
+    def parse(cls, text: str) -> ColumnMap:
+        """'patient=PID,laterality=SIDE,view=VIEW,label=CANCER,path={PID}/{IMG}.dcm[,positive=1|2]'."""
+        fields: dict[str, object] = {}
+        for part in (p for p in text.split(",") if p.strip()):
+            name, sep, value = part.partition("=")
+            name = name.strip()
+            if not sep or name not in ("patient", "laterality", "view", "label", "path", "positive"):
+                raise ValueError(f"--columns: expected name=value with name one of patient, "
+                                 f"laterality, view, label, path, positive; got {part!r}")
+            fields[name] = tuple(value.split("|")) if name == "positive" else value.strip()
+        missing = {"patient", "laterality", "view", "label", "path"} - fields.keys()
+        if missing:
+            raise ValueError(f"--columns misses {', '.join(sorted(missing))}")
+        return cls(**fields)  # type: ignore[arg-type]
+
+
+# RSNA Screening Mammography Breast Cancer Detection: train.csv, train_images/<patient>/<image>.dcm
+RSNA = ColumnMap(patient="patient_id", laterality="laterality", view="view", label="cancer",
+                 path="{patient_id}/{image_id}.dcm")
+# VinDr-Mammo: breast-level_annotations.csv, images/<study>/<image>.dicom. It holds no biopsy
+# result: BI-RADS 4 and 5 (suspicious, highly suggestive) stand for malignant, as is usual.
+VINDR = ColumnMap(patient="study_id", laterality="laterality", view="view_position",
+                  label="breast_birads", path="{study_id}/{image_id}.dicom",
+                  positive=("BI-RADS 4", "BI-RADS 5"))
+LAYOUTS = {"rsna": RSNA, "vindr": VINDR}
 
 
 def read_phantom_labels(folder: Path) -> list[Breast]:
@@ -48,6 +116,86 @@ def read_phantom_labels(folder: Path) -> list[Breast]:
     if not breasts:
         raise ValueError(f"{labels} lists no breasts")
     return breasts
+
+
+def read_image_table(table: Path, images: Path, columns: ColumnMap) -> Dataset:
+    """Breasts from a per-image CSV: rows grouped by patient and laterality, CC and MLO paired."""
+    table, images = Path(table), Path(images)
+    if not table.is_file():
+        raise FileNotFoundError(f"labels file {table} not found")
+    if not images.is_dir():
+        raise FileNotFoundError(f"image folder {images} not found")
+    problems: list[str] = []
+    views: dict[tuple[str, str], dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
+    labels: dict[tuple[str, str], int] = {}
+    with open(table, newline="") as handle:
+        reader = csv.DictReader(handle)
+        needed = {columns.patient, columns.laterality, columns.view, columns.label}
+        missing = needed - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{table}: no column {', '.join(sorted(missing))} "
+                             f"(columns: {', '.join(reader.fieldnames or ())})")
+        for number, row in enumerate(reader, start=2):
+            side = row[columns.laterality].strip().upper()[:1]
+            view = columns.view_names.get(row[columns.view].strip().upper())
+            if side not in ("L", "R"):
+                problems.append(f"{table}:{number}: laterality {row[columns.laterality]!r} "
+                                f"is not L or R; row skipped")
+                continue
+            if view is None:
+                continue  # other projections (ML, LM, XCCL ...) are not the paper's input
+            try:
+                path = images / columns.path.format(**row)
+            except (KeyError, IndexError) as exc:
+                raise ValueError(f"--columns path {columns.path!r} names no column {exc}") from exc
+            if not path.is_file():
+                problems.append(f"{table}:{number}: image {path} not found; row skipped")
+                continue
+            key = (row[columns.patient].strip(), side)
+            views[key][view].append(path)
+            positive = int(row[columns.label].strip() in columns.positive)
+            labels[key] = max(labels.get(key, 0), positive)
+    breasts = []
+    for (patient, side), found in sorted(views.items()):
+        lacking = [v for v in ("CC", "MLO") if not found.get(v)]
+        if lacking:
+            problems.append(f"{patient} {side}: no {' and no '.join(lacking)} view; breast left out")
+            continue
+        chosen = {}
+        for view in ("CC", "MLO"):
+            paths = sorted(found[view])
+            if len(paths) > 1:
+                problems.append(f"{patient} {side}: {len(paths)} {view} images, using {paths[0].name}")
+            chosen[view] = paths[0]
+        breasts.append(Breast(patient, side, chosen["CC"], chosen["MLO"], labels[(patient, side)]))
+    if not breasts:
+        raise ValueError(f"{table}: no breast with both a CC and an MLO image"
+                         + (f" ({problems[0]} ...)" if problems else ""))
+    return Dataset(breasts, problems, str(table))
+
+
+def load_dataset(data: Path, layout: str = "phantom", labels: Path | None = None,
+                 columns: str | None = None) -> Dataset:
+    """The one entry point of the commands: DATA is the image folder; `labels` its CSV."""
+    data = Path(data)
+    if layout not in FORMATS:
+        raise ValueError(f"unknown dataset format {layout!r}; choose one of {', '.join(FORMATS)}")
+    if layout == "phantom":
+        if labels is not None or columns is not None:
+            raise ValueError("--labels and --columns are for --format csv, rsna or vindr")
+        return Dataset(read_phantom_labels(data), [], str(data / "labels.csv"))
+    if labels is None:
+        raise ValueError(f"--format {layout} needs --labels (the CSV that labels the images)")
+    if layout == "csv":
+        if columns is None:
+            raise ValueError("--format csv needs --columns patient=...,laterality=...,view=...,"
+                             "label=...,path=...")
+        column_map = ColumnMap.parse(columns)
+    else:
+        if columns is not None:
+            raise ValueError(f"--columns is for --format csv; {layout} has known columns")
+        column_map = LAYOUTS[layout]
+    return read_image_table(labels, data, column_map)
 
 
 def fingerprint(breasts: list[Breast]) -> str:

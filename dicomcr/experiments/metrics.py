@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
-from sklearn.metrics import average_precision_score
 
 
 @dataclass(frozen=True)
@@ -79,8 +78,19 @@ def bootstrap_ci(metric: Callable[[np.ndarray, np.ndarray], float], labels: np.n
     return Estimate(float(metric(y, s)), float(low), float(high), level)
 
 
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AUPRC as average precision, sum over thresholds of (R_n - R_n-1) P_n: scikit-learn's
+    definition (ties form one threshold), in plain numpy so a bootstrap stays fast."""
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order].astype(np.float64)
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last index of each distinct score
+    tps = np.cumsum(y)[last]
+    precision = tps / (last + 1)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
 def auprc_bootstrap(labels: np.ndarray, scores: np.ndarray, seed: int,
                     n_resamples: int = 2000, level: float = 0.95) -> Estimate:
     """AUPRC (average precision) with a stratified bootstrap CI."""
-    return bootstrap_ci(lambda y, s: float(average_precision_score(y, s)), labels, scores,
-                        seed, n_resamples, level)
+    return bootstrap_ci(average_precision, labels, scores, seed, n_resamples, level)

@@ -1,4 +1,4 @@
-"""Training CNN3 on preprocessed inputs: Adam, BCE, early stopping on validation AUROC, seeded.
+"""Training a classifier on preprocessed inputs: Adam, BCE, early stopping on validation AUROC.
 
 A pure function of its arrays, spec, options and seed: the same inputs give the same weights on
 the CPU. Mixed precision on CUDA.
@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
-
-from ..models.cnn3 import CNN3, CNN3Spec
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -45,13 +44,13 @@ def pick_device(choice: str) -> torch.device:
 
 @dataclass
 class TrainResult:
-    model: CNN3
+    model: nn.Module
     best_epoch: int
     best_validation_auroc: float
     history: list[dict]
 
 
-def predict(model: CNN3, x: np.ndarray, device: torch.device, batch: int = 64) -> np.ndarray:
+def predict(model: nn.Module, x: np.ndarray, device: torch.device, batch: int = 64) -> np.ndarray:
     """Malignancy probabilities for inputs (n, rows, columns)."""
     model.eval()
     out = []
@@ -62,16 +61,23 @@ def predict(model: CNN3, x: np.ndarray, device: torch.device, batch: int = 64) -
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def train_cnn3(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-               spec: CNN3Spec, options: TrainOptions,
-               progress: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train, keep the weights of the epoch with the best validation AUROC."""
+def stack_crs(inputs: dict[float, np.ndarray], labels: np.ndarray, rows: np.ndarray,
+              crs: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The inputs of `rows` at every CR of `crs`, one after the other (a CR mixture), and labels."""
+    return (np.concatenate([inputs[c][rows] for c in crs]),
+            np.concatenate([labels[rows]] * len(crs)))
+
+
+def train_model(build: Callable[[], nn.Module], train_x: np.ndarray, train_y: np.ndarray,
+                val_x: np.ndarray, val_y: np.ndarray, options: TrainOptions,
+                progress: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train the network `build()` makes; keep the weights of the best validation AUROC's epoch."""
     if len(train_x) < 2 or len(np.unique(train_y)) < 2:
         raise ValueError("training needs both classes among at least two inputs")
     device = pick_device(options.device)
     torch.manual_seed(options.seed)
     np_rng = np.random.default_rng(options.seed)
-    model = CNN3(spec).to(device)
+    model = build().to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=options.learning_rate,
                                  betas=(0.9, 0.999), eps=1e-8)
     positives = float(train_y.mean())

@@ -40,8 +40,12 @@ class CNN3(nn.Module):
         self.spec = spec or CNN3Spec()
         c1, c2, c3 = self.spec.channels
         self.features = nn.Sequential(_conv(1, c1), _conv(c1, c2), _conv(c2, c3))
-        with torch.no_grad():
-            flat = self.features(torch.zeros(1, 1, *self.spec.input_size)).numel()
+        side = list(self.spec.input_size)
+        for _ in range(3):  # each block: 6x6 convolution, stride 2, padding 2; then pooling by 2
+            side = [((n - 2) // 2 + 1) // 2 for n in side]
+        if min(side) < 1:
+            raise ValueError(f"CNN3 needs an input of at least 64 x 64, got {self.spec.input_size}")
+        flat = c3 * side[0] * side[1]
         h1, h2 = self.spec.hidden
         self.classifier = nn.Sequential(
             nn.Flatten(),

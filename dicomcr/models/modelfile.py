@@ -17,7 +17,7 @@ import torch
 
 from dicomcr import __version__
 
-from .cnn3 import CNN3, CNN3Spec
+from . import ARCHITECTURES, build_model
 
 FORMAT = "dicomcr-model"
 FORMAT_VERSION = 1
@@ -42,7 +42,7 @@ class ModelInfo:
 
 def save_model(model: torch.nn.Module, info: ModelInfo, path: Path) -> None:
     """Write weights and metadata to `path` (atomically)."""
-    if info.architecture != "cnn3":
+    if info.architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {info.architecture!r}")
     info.versions = {"dicomcr": __version__, "torch": torch.__version__, **info.versions}
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
@@ -74,10 +74,10 @@ def load_model(path: Path) -> tuple[torch.nn.Module, ModelInfo]:
         info = ModelInfo(**json.loads(metadata["info"]))
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{path}: its metadata is damaged ({exc})") from exc
-    if info.architecture != "cnn3":
-        raise ModelFileError(f"{path}: unknown architecture {info.architecture!r}")
-    spec = CNN3Spec(**{k: tuple(v) if isinstance(v, list) else v for k, v in info.spec.items()})
-    model = CNN3(spec)
+    try:
+        model = build_model(info.architecture, info.spec)
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: {exc}") from exc
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

@@ -1,0 +1,291 @@
+"""Cross-validation of the paper's experiments, as functions of their inputs.
+
+- `cv_folds`: k folds of patients, stratified by label and seeded; each fold's validation patients
+  come from its training side, so no patient is ever on two sides of one fold.
+- `plan_models`: which models an experiment trains and the CRs each is tested at: Table 1 (M-CRx at
+  x), Table 2 with `cross` (every M-CRx at every CR), Fig. 4 with `augment` (M-CR1-x trained on
+  every CR from 1 to x, tested at every CR).
+- `run_fold`: one model on one fold; `summarise`: pooled out-of-fold AUROC (DeLong CI) and AUPRC
+  (bootstrap CI) per model and test CR, with the fold mean and sd beside them.
+Fold results are files (`ResultsDir`): a rerun loads the folds already done instead of training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .metrics import auprc_bootstrap, auroc_delong
+from .train import TrainOptions, predict, stack_crs, train_model
+
+
+@dataclass(frozen=True)
+class Fold:
+    """The patients of one fold: test is this fold's share, validation comes from the rest."""
+
+    index: int
+    train: frozenset[str]
+    validation: frozenset[str]
+    test: frozenset[str]
+
+
+def cv_folds(patients: list[str], labels: list[int], n_folds: int, seed: int,
+             validation_share: float = 0.125) -> list[Fold]:
+    """Stratified patient folds; a patient's label is its most severe breast's.
+
+    The default validation share of the training side (1/8) gives the paper's 7:1:2 with 5 folds.
+    """
+    if n_folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {n_folds}")
+    if not 0 < validation_share < 1:
+        raise ValueError(f"validation_share must be in (0, 1), got {validation_share}")
+    by_patient: dict[str, int] = {}
+    for patient, label in zip(patients, labels, strict=True):
+        by_patient[patient] = max(by_patient.get(patient, 0), int(label))
+    classes = {label: sorted(p for p, v in by_patient.items() if v == label)
+               for label in sorted(set(by_patient.values()))}
+    for label, group in classes.items():
+        if len(group) < n_folds:
+            raise ValueError(f"{n_folds} folds need at least {n_folds} patients of each class; "
+                             f"label {label} has {len(group)}")
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    for group in classes.values():
+        start = int(rng.integers(n_folds))  # so that fold 0 does not always get the remainders
+        for rank, i in enumerate(rng.permutation(len(group))):
+            fold_of[group[i]] = (start + rank) % n_folds
+    folds = []
+    for k in range(n_folds):
+        test = frozenset(p for p, f in fold_of.items() if f == k)
+        validation: set[str] = set()
+        for group in classes.values():
+            rest = [p for p in group if fold_of[p] != k]
+            order = np.random.default_rng([seed, k]).permutation(len(rest))
+            validation.update(rest[i] for i in order[:max(1, round(validation_share * len(rest)))])
+        train = frozenset(by_patient) - test - validation
+        folds.append(Fold(k, train, frozenset(validation), test))
+    return folds
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """One model of an experiment: its name, the CRs it trains on and the CRs it is tested at."""
+
+    name: str
+    train_crs: tuple[float, ...]
+    test_crs: tuple[float, ...]
+
+
+def model_name(train_crs: tuple[float, ...]) -> str:
+    """The paper's names: M-CR20 for one CR, M-CR1-11000 for the mixture of every CR 1..11000."""
+    if len(train_crs) == 1:
+        return f"M-CR{train_crs[0]:g}"
+    return f"M-CR{min(train_crs):g}-{max(train_crs):g}"
+
+
+def plan_models(crs: list[float], cross: bool = False, augment: bool = False) -> list[ModelPlan]:
+    """Table 1 always; Table 2 with `cross`; Fig. 4 with `augment` (needs CR 1 among `crs`)."""
+    crs = sorted(set(float(c) for c in crs))
+    if not crs or crs[0] < 1:
+        raise ValueError(f"CRs must be >= 1 (1 = the original), got {crs}")
+    every = tuple(crs)
+    plans = [ModelPlan(model_name((c,)), (c,), every if cross or augment else (c,)) for c in crs]
+    if augment:
+        if crs[0] != 1.0 or len(crs) < 2:
+            raise ValueError("--augment trains on mixtures 1..x: give CR 1 and at least one more")
+        plans += [ModelPlan(model_name(tuple(crs[:i + 1])), tuple(crs[:i + 1]), every)
+                  for i in range(1, len(crs))]
+    return plans
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """What one fold of one model produced: test probabilities per CR and how training went."""
+
+    model: str
+    fold: int
+    keys: tuple[str, ...]  # breast keys of the test patients
+    labels: tuple[int, ...]
+    probabilities: dict[str, list[float]]  # test CR (as text) -> one per key
+    best_epoch: int
+    validation_auroc: float
+    history: list[dict]
+    identity: str  # what the result depends on; a changed identity is recomputed
+
+
+def fold_identity(plan: ModelPlan, fold: Fold, architecture: str, spec: dict,
+                  options: TrainOptions, preprocessing: dict, data: str) -> str:
+    """A hash of everything a fold's result depends on."""
+    text = json.dumps({"plan": asdict(plan), "fold": [sorted(fold.train), sorted(fold.validation),
+                                                      sorted(fold.test)],
+                       "architecture": architecture, "spec": spec, "options": asdict(options),
+                       "preprocessing": preprocessing, "data": data}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def run_fold(plan: ModelPlan, fold: Fold, keys: list[str], patient_of: list[str],
+             inputs: dict[float, np.ndarray], labels: np.ndarray, build: Callable[[], nn.Module],
+             options: TrainOptions, identity: str,
+             progress: Callable[[dict], None] | None = None) -> FoldResult:
+    """Train `plan` on the fold's training patients, test it on its test patients at every CR."""
+    def rows(patients: frozenset[str]) -> np.ndarray:
+        return np.array([i for i, p in enumerate(patient_of) if p in patients], dtype=int)
+
+    train_x, train_y = stack_crs(inputs, labels, rows(fold.train), list(plan.train_crs))
+    val_x, val_y = stack_crs(inputs, labels, rows(fold.validation), list(plan.train_crs))
+    result = train_model(build, train_x, train_y, val_x, val_y, options, progress)
+    test = rows(fold.test)
+    device = torch.device("cpu")
+    probabilities = {f"{c:g}": [float(v) for v in predict(result.model, inputs[c][test], device)]
+                     for c in plan.test_crs}
+    return FoldResult(plan.name, fold.index, tuple(keys[i] for i in test),
+                      tuple(int(labels[i]) for i in test), probabilities, result.best_epoch,
+                      result.best_validation_auroc, result.history, identity)
+
+
+class ResultsDir:
+    """RESULTS/folds/<model>/fold<k>.json: one file per finished fold, written atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, model: str, fold: int) -> Path:
+        return self.root / "folds" / model / f"fold{fold}.json"
+
+    def load(self, model: str, fold: int, identity: str) -> FoldResult | None:
+        """The finished fold, or None when absent, unreadable or computed for other inputs."""
+        path = self._path(model, fold)
+        try:
+            result = FoldResult(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+        return result if result.identity == identity else None
+
+    def save(self, result: FoldResult) -> None:
+        path = self._path(result.model, result.fold)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps(asdict(result), indent=1))
+        os.replace(partial, path)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of Table 1 / Table 2 / Fig. 4: a model tested at one CR over all folds."""
+
+    model: str
+    train_crs: str
+    test_cr: float
+    n: int
+    positives: int
+    auroc: float
+    auroc_low: float
+    auroc_high: float
+    auprc: float
+    auprc_low: float
+    auprc_high: float
+    fold_auroc_mean: float
+    fold_auroc_sd: float
+    fold_auprc_mean: float
+    fold_auprc_sd: float
+
+
+def _fold_stats(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if np.isfinite(v)]
+    if not finite:
+        return float("nan"), float("nan")
+    return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+
+
+def summarise(plans: list[ModelPlan], results: list[FoldResult], seed: int) -> list[Row]:
+    """Pooled out-of-fold metrics with CIs, and fold mean and sd, per model and test CR."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rows = []
+    for plan in plans:
+        folds = sorted((r for r in results if r.model == plan.name), key=lambda r: r.fold)
+        for c in plan.test_crs:
+            cr = f"{c:g}"
+            y = np.array([v for r in folds for v in r.labels])
+            s = np.array([v for r in folds for v in r.probabilities[cr]])
+            auroc, auprc = auroc_delong(y, s), auprc_bootstrap(y, s, seed)
+            per_fold_roc, per_fold_pr = [], []
+            for r in folds:
+                fy, fs = np.array(r.labels), np.array(r.probabilities[cr])
+                two = len(set(fy.tolist())) == 2
+                per_fold_roc.append(float(roc_auc_score(fy, fs)) if two else float("nan"))
+                per_fold_pr.append(float(average_precision_score(fy, fs)) if two else float("nan"))
+            rows.append(Row(plan.name, ",".join(f"{t:g}" for t in plan.train_crs), c, len(y),
+                            int(y.sum()), auroc.value, auroc.low, auroc.high, auprc.value,
+                            auprc.low, auprc.high, *_fold_stats(per_fold_roc),
+                            *_fold_stats(per_fold_pr)))
+    return rows
+
+
+def cross_validate(plans: list[ModelPlan], folds: list[Fold], keys: list[str],
+                   patient_of: list[str], inputs: dict[float, np.ndarray], labels: np.ndarray,
+                   build: Callable[[], nn.Module], options: TrainOptions,
+                   identity: Callable[[ModelPlan, Fold], str], results: ResultsDir,
+                   on_fold: Callable[[ModelPlan, Fold, bool], None] | None = None,
+                   on_epoch: Callable[[dict], None] | None = None) -> list[FoldResult]:
+    """Every plan on every fold; folds already in `results` with the same identity are loaded.
+
+    Each fold trains with seed `options.seed + fold index`, so folds differ and reruns agree.
+    `on_fold(plan, fold, reused)` is called before each fold; `on_epoch` after each epoch."""
+    out = []
+    for plan in plans:
+        for fold in folds:
+            ident = identity(plan, fold)
+            done = results.load(plan.name, fold.index, ident)
+            if on_fold:
+                on_fold(plan, fold, done is not None)
+            if done is None:
+                fold_options = TrainOptions(**{**asdict(options), "seed": options.seed + fold.index})
+                done = run_fold(plan, fold, keys, patient_of, inputs, labels, build, fold_options,
+                                ident, on_epoch)
+                results.save(done)
+            out.append(done)
+    return out
+
+
+def pooled(plan: ModelPlan, results: list[FoldResult], cr: float) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probabilities) of every out-of-fold prediction of `plan` at test CR `cr`."""
+    mine = sorted((r for r in results if r.model == plan.name), key=lambda r: r.fold)
+    return (np.array([v for r in mine for v in r.labels]),
+            np.array([v for r in mine for v in r.probabilities[f"{cr:g}"]]))
+
+
+def write_tables(root: Path, rows: list[Row], results: list[FoldResult], meta: dict) -> None:
+    """RESULTS/results.csv and results.json (the rows and the run's parameters), and
+    predictions.csv (every out-of-fold probability)."""
+    import csv
+
+    root.mkdir(parents=True, exist_ok=True)
+    names = list(Row.__dataclass_fields__)
+    with open(root / "results.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(names)
+        for row in rows:
+            writer.writerow([f"{v:.4f}" if isinstance(v, float) and k != "test_cr" else
+                             (f"{v:g}" if k == "test_cr" else v) for k, v in asdict(row).items()])
+    folds = {r.model: {} for r in results}
+    for r in results:
+        folds[r.model][str(r.fold)] = {"best_epoch": r.best_epoch,
+                                       "validation_auroc": r.validation_auroc}
+    document = {"meta": meta, "rows": [asdict(r) for r in rows], "folds": folds}
+    (root / "results.json").write_text(json.dumps(document, indent=1, default=str))
+    with open(root / "predictions.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("model", "fold", "breast", "malignant", "test_cr", "probability"))
+        for r in results:
+            for cr, probabilities in r.probabilities.items():
+                for key, label, value in zip(r.keys, r.labels, probabilities, strict=True):
+                    writer.writerow((r.model, r.fold, key, label, cr, repr(value)))

@@ -1,0 +1,101 @@
+"""The paper's figures as functions of the results: Fig. 2 (ROC and PR), Table 2's heat map, Fig. 4.
+
+Each takes arrays or result rows and a path, writes one PNG, and keeps no state (Agg backend).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from .cv import Row
+
+
+def cr_label(cr: float) -> str:
+    """11000 -> 11K, 20 -> 20: the paper's way of writing CRs."""
+    return f"{cr / 1000:g}K" if cr >= 1000 else f"{cr:g}"
+
+
+def roc_pr_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], rows: dict[str, Row],
+                  path: Path, title: str = "") -> None:
+    """Fig. 2: (a) ROC and (b) PR of pooled out-of-fold predictions, one curve per model."""
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(11, 5))
+    colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(curves), 1)))
+    for colour, (name, (y, s)) in zip(colours, curves.items(), strict=False):
+        row = rows[name]
+        fpr, tpr, _ = roc_curve(y, s)
+        precision, recall, _ = precision_recall_curve(y, s)
+        roc_ax.plot(fpr, tpr, color=colour, lw=1.4,
+                    label=f"{name}: {row.auroc:.2f} ({row.auroc_low:.2f}-{row.auroc_high:.2f})")
+        pr_ax.plot(recall, precision, color=colour, lw=1.4,
+                   label=f"{name}: {row.auprc:.2f} ({row.auprc_low:.2f}-{row.auprc_high:.2f})")
+    roc_ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    if curves:
+        prevalence = float(np.mean(next(iter(curves.values()))[0]))
+        pr_ax.axhline(prevalence, color="grey", lw=0.8, ls="--")
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1),
+               title="(a) ROC, AUROC (95% CI)")
+    pr_ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+              title="(b) PR, AUPRC (95% CI)")
+    for ax in (roc_ax, pr_ax):
+        ax.legend(fontsize=7, loc="lower right" if ax is roc_ax else "upper right")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cross_heatmap(rows: list[Row], path: Path, metric: str = "auroc", title: str = "") -> None:
+    """Table 2 as a heat map: models (rows) tested at every CR (columns), the value in each cell."""
+    models = list(dict.fromkeys(r.model for r in rows))
+    crs = sorted({r.test_cr for r in rows})
+    grid = np.full((len(models), len(crs)), np.nan)
+    for r in rows:
+        grid[models.index(r.model), crs.index(r.test_cr)] = getattr(r, metric)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(crs), 1.0 + 0.45 * len(models)))
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    for i in range(len(models)):
+        for j in range(len(crs)):
+            if np.isfinite(grid[i, j]):
+                light = grid[i, j] < np.nanmean(grid)
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if light else "black")
+    ax.set_xticks(range(len(crs)), [cr_label(c) for c in crs])
+    ax.set_yticks(range(len(models)), models)
+    ax.set_xlabel("test CR")
+    ax.set_ylabel("model (trained at)")
+    fig.colorbar(image, ax=ax, label=metric.upper())
+    ax.set_title(title or f"{metric.upper()} of every model at every test CR")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def augment_figure(rows: list[Row], path: Path, title: str = "") -> None:
+    """Fig. 4: AUROC (with the DeLong CI as a band) against the test CR, one line per model."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    models = list(dict.fromkeys(r.model for r in rows))
+    colours = plt.cm.plasma(np.linspace(0, 0.85, max(len(models), 1)))
+    for colour, name in zip(colours, models, strict=False):
+        mine = sorted((r for r in rows if r.model == name), key=lambda r: r.test_cr)
+        x = np.arange(len(mine))
+        ax.plot(x, [r.auroc for r in mine], marker="o", ms=3, color=colour, label=name)
+        ax.fill_between(x, [r.auroc_low for r in mine], [r.auroc_high for r in mine],
+                        color=colour, alpha=0.08)
+    crs = sorted({r.test_cr for r in rows})
+    ax.set_xticks(range(len(crs)), [cr_label(c) for c in crs])
+    ax.set(xlabel="test CR", ylabel="AUROC (95% CI band)",
+           title=title or "Compression as augmentation: models trained on CR mixtures")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,130 @@
+"""The figures of a cv run, and one self-contained HTML page (images inline, no network).
+
+`write_figures` draws from the result rows and fold predictions; `write_report` reads only what
+`dicomcr cv` wrote (results.json and the PNGs), so a results folder can be reported anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from .cv import FoldResult, ModelPlan, Row, pooled
+from .figures import augment_figure, cr_label, cross_heatmap, roc_pr_figure
+
+FIG2 = "fig2_roc_pr.png"
+CROSS_AUROC = "table2_auroc.png"
+CROSS_AUPRC = "table2_auprc.png"
+FIG4 = "fig4_augment.png"
+
+
+class ReportError(ValueError):
+    """A results folder that cannot be reported; the message says why."""
+
+
+def _single(plans: list[ModelPlan]) -> list[ModelPlan]:
+    return [p for p in plans if len(p.train_crs) == 1]
+
+
+def write_figures(root: Path, plans: list[ModelPlan], rows: list[Row],
+                  results: list[FoldResult]) -> list[Path]:
+    """Fig. 2 always; Table 2's heat maps when single-CR models were tested at other CRs; Fig. 4
+    when CR mixtures were trained. Returns the paths written."""
+    written = []
+    own = {p.name: next(r for r in rows if r.model == p.name and r.test_cr == p.train_crs[0])
+           for p in _single(plans)}
+    curves = {p.name: pooled(p, results, p.train_crs[0]) for p in _single(plans)}
+    roc_pr_figure(curves, own, root / FIG2, "Each model trained and tested at one CR "
+                                            "(pooled out-of-fold predictions)")
+    written.append(root / FIG2)
+    singles = {p.name for p in _single(plans)}
+    cross_rows = [r for r in rows if r.model in singles]
+    if len({r.test_cr for r in cross_rows}) > 1 and len(cross_rows) > len(singles):
+        cross_heatmap(cross_rows, root / CROSS_AUROC, "auroc", "Table 2: AUROC, model x test CR")
+        cross_heatmap(cross_rows, root / CROSS_AUPRC, "auprc", "Table 2: AUPRC, model x test CR")
+        written += [root / CROSS_AUROC, root / CROSS_AUPRC]
+    mixtures = [p for p in plans if len(p.train_crs) > 1]
+    if mixtures:
+        names = {p.name for p in mixtures} | {p.name for p in _single(plans)
+                                              if p.train_crs == (1.0,)}
+        augment_figure([r for r in rows if r.model in names], root / FIG4)
+        written.append(root / FIG4)
+    return written
+
+
+def _image(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def _ci(value: float, low: float, high: float) -> str:
+    return f"{value:.3f} <small>({low:.3f}&ndash;{high:.3f})</small>"
+
+
+def _table(header: list[str], body: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;
+padding:4px 8px;text-align:right}th:first-child,td:first-child{text-align:left}
+img{max-width:100%}small{color:#666}code{background:#f4f4f4;padding:1px 4px}"""
+
+
+def write_report(root: Path, target: Path) -> None:
+    """RESULTS/results.json and its figures as one HTML file."""
+    root = Path(root)
+    try:
+        document = json.loads((root / "results.json").read_text())
+        meta, rows = document["meta"], [Row(**r) for r in document["rows"]]
+    except FileNotFoundError as exc:
+        raise ReportError(f"{root}: no results.json (is it a folder written by dicomcr cv?)"
+                          ) from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ReportError(f"{root / 'results.json'}: damaged ({exc})") from exc
+    own = [r for r in rows if r.train_crs == f"{r.test_cr:g}"]
+    parts = [f"<h1>dicomcr cross-validation: {html.escape(str(meta.get('architecture')))}</h1>",
+             f"<p>Data <code>{html.escape(str(meta.get('data')))}</code> (fingerprint "
+             f"{html.escape(str(meta.get('data_fingerprint')))}): {meta.get('breasts')} breasts of "
+             f"{meta.get('patients')} patients, {meta.get('malignant')} malignant; "
+             f"{meta.get('folds')} folds split by patient. AUROC with DeLong's 95% CI and AUPRC "
+             "with a bootstrap 95% CI on the pooled out-of-fold predictions; fold mean &plusmn; sd "
+             "beside them.</p>",
+             "<h2>Table 1: each model trained and tested at one CR</h2>",
+             _table(["model", "AUROC (95% CI)", "fold mean ± sd", "AUPRC (95% CI)",
+                     "fold mean ± sd", "breasts (malignant)"],
+                    [[html.escape(r.model), _ci(r.auroc, r.auroc_low, r.auroc_high),
+                      f"{r.fold_auroc_mean:.3f} ± {r.fold_auroc_sd:.3f}",
+                      _ci(r.auprc, r.auprc_low, r.auprc_high),
+                      f"{r.fold_auprc_mean:.3f} ± {r.fold_auprc_sd:.3f}",
+                      f"{r.n} ({r.positives})"] for r in own])]
+    if (root / FIG2).exists():
+        parts += ["<h2>Figure 2: ROC and PR curves</h2>", _image(root / FIG2, "ROC and PR")]
+    crs = sorted({r.test_cr for r in rows})
+    models = list(dict.fromkeys(r.model for r in rows))
+    if len(rows) > len(own):
+        for metric in ("auroc", "auprc"):
+            cells = {(r.model, r.test_cr): _ci(getattr(r, metric), getattr(r, f"{metric}_low"),
+                                               getattr(r, f"{metric}_high")) for r in rows}
+            parts += [f"<h2>Table 2: {metric.upper()} of every model at every test CR</h2>",
+                      _table(["model \\ test CR", *(cr_label(c) for c in crs)],
+                             [[html.escape(m), *(cells.get((m, c), "") for c in crs)]
+                              for m in models])]
+        for name, title in ((CROSS_AUROC, "Table 2 as a heat map (AUROC)"),
+                            (CROSS_AUPRC, "Table 2 as a heat map (AUPRC)"),
+                            (FIG4, "Figure 4: compression as augmentation")):
+            if (root / name).exists():
+                parts += [f"<h2>{title}</h2>", _image(root / name, title)]
+    parts += ["<h2>Parameters</h2>",
+              f"<pre>{html.escape(json.dumps(meta, indent=1, default=str))}</pre>",
+              "<p><small>Written by dicomcr report. Research use only; not a medical device."
+              "</small></p>"]
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>dicomcr cv report</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(page)

@@ -1,0 +1,135 @@
+"""Cross-validation: folds, the experiment plan, resumable runs, outputs checked against sklearn."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+from typer.testing import CliRunner
+
+from dicomcr.cli import app
+from dicomcr.experiments.cv import cv_folds, plan_models
+from dicomcr.experiments.metrics import auroc_delong
+from dicomcr.phantom import CohortSpec, write_cohort
+
+runner = CliRunner()
+
+
+def test_delong_on_a_hand_checked_case() -> None:
+    # Positives 0.9, 0.8, 0.4 against negatives 0.7, 0.3, 0.2: 8 of 9 pairs ordered, AUROC 8/9.
+    # Structural components: positives 1, 1, 2/3; negatives 2/3, 1, 1; each sample variance 1/27,
+    # so var = (1/27)/3 + (1/27)/3 = 2/81, SE = sqrt(2)/9, and 1.959964 * SE = 0.307979.
+    estimate = auroc_delong(np.array([1, 1, 1, 0, 0, 0]), np.array([0.9, 0.8, 0.4, 0.7, 0.3, 0.2]))
+    assert estimate.value == pytest.approx(8 / 9)
+    assert estimate.low == pytest.approx(8 / 9 - 0.307979, abs=1e-6)
+    assert estimate.high == 1.0  # 1.197 clipped
+
+
+def test_folds_are_by_patient_stratified_complete_and_seeded() -> None:
+    patients = [f"p{i}" for i in range(50) for _ in range(2)]
+    labels = [int(i % 5 == 0 and side == 1) for i in range(50) for side in range(2)]
+    folds = cv_folds(patients, labels, 5, seed=4)
+    assert [f.index for f in folds] == list(range(5))
+    tested = [p for f in folds for p in f.test]
+    assert sorted(tested) == sorted(set(patients))  # every patient tested exactly once
+    positives = {p for p, y in zip(patients, labels, strict=True) if y}
+    for f in folds:
+        assert not (f.train & f.validation or f.train & f.test or f.validation & f.test)
+        assert f.train | f.validation | f.test == set(patients)
+        assert len(f.test & positives) == 2 and len(f.test) == 10
+        assert len(f.validation) == 5 and len(f.validation & positives) == 1  # 7:1:2
+    assert cv_folds(patients, labels, 5, seed=4) == folds
+    assert cv_folds(patients, labels, 5, seed=5) != folds
+    with pytest.raises(ValueError, match="at least 5 patients of each class"):
+        cv_folds(patients[:8], [0, 1] * 4, 5, seed=0)
+
+
+def test_the_plan_names_the_papers_models() -> None:
+    table1 = plan_models([1, 20, 11000])
+    assert [(p.name, p.train_crs, p.test_crs) for p in table1] == [
+        ("M-CR1", (1.0,), (1.0,)), ("M-CR20", (20.0,), (20.0,)),
+        ("M-CR11000", (11000.0,), (11000.0,))]
+    cross = plan_models([1, 20, 11000], cross=True)
+    assert all(p.test_crs == (1.0, 20.0, 11000.0) for p in cross)
+    augment = plan_models([1, 20, 11000], augment=True)
+    assert [(p.name, p.train_crs) for p in augment[3:]] == [
+        ("M-CR1-20", (1.0, 20.0)), ("M-CR1-11000", (1.0, 20.0, 11000.0))]
+    with pytest.raises(ValueError, match="give CR 1"):
+        plan_models([15, 20], augment=True)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cv-cohort")
+    write_cohort(CohortSpec(n_studies=20, seed=5, size="small", vendor="ge"), out)
+    return out
+
+
+def _cv(cohort: Path, out: Path, *extra: str):
+    return runner.invoke(app, ["cv", str(cohort), "--cr", "1,20", "--folds", "3", "--epochs", "1",
+                               "--input-size", "64", "--batch-size", "8", "--seed", "2",
+                               "--workers", "1", "--out", str(out), *extra])
+
+
+def test_cv_writes_tables_figures_and_resumes(cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    first = _cv(cohort, out, "--cross", "--augment")
+    assert first.exit_code == 0, first.output
+    assert "Table 1" in first.output and "M-CR1-20" in first.output
+    for name in ("results.csv", "results.json", "predictions.csv", "fig2_roc_pr.png",
+                 "table2_auroc.png", "table2_auprc.png", "fig4_augment.png"):
+        assert (out / name).stat().st_size > 0, name
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["model"], r["test_cr"]) for r in rows} == {
+        (m, c) for m in ("M-CR1", "M-CR20", "M-CR1-20") for c in ("1", "20")}
+    with open(out / "predictions.csv", newline="") as handle:
+        predictions = list(csv.DictReader(handle))
+    assert len({p["breast"] for p in predictions}) == 40  # every breast, out of fold
+    for row in rows:  # the pooled metrics are those of the out-of-fold predictions
+        mine = [p for p in predictions if p["model"] == row["model"]
+                and p["test_cr"] == row["test_cr"]]
+        y = np.array([int(p["malignant"]) for p in mine])
+        s = np.array([float(p["probability"]) for p in mine])
+        assert len(mine) == 40 == int(row["n"])
+        assert float(row["auroc"]) == pytest.approx(roc_auc_score(y, s), abs=1e-4)
+        assert float(row["auprc"]) == pytest.approx(average_precision_score(y, s), abs=1e-4)
+        assert float(row["auroc_low"]) <= float(row["auroc"]) <= float(row["auroc_high"])
+    document = json.loads((out / "results.json").read_text())
+    assert document["meta"]["folds"] == 3 and len(document["folds"]["M-CR20"]) == 3
+
+    table = (out / "results.csv").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "folds").rglob("*.json")}
+    assert len(stamps) == 3 * 3
+    again = _cv(cohort, out, "--cross", "--augment")
+    assert again.exit_code == 0, again.output
+    assert "9 fold(s) were finished before and reused" in again.output
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert (out / "results.csv").read_text() == table  # the same numbers from the same folds
+
+    changed = _cv(cohort, out, "--cross", "--augment", "--seed", "3")  # other inputs: recomputed
+    assert changed.exit_code == 0 and "reused" not in changed.output
+
+    report = runner.invoke(app, ["report", str(out)])
+    assert report.exit_code == 0, report.output
+    page = (out / "report.html").read_text()
+    assert "Table 1" in page and "Table 2" in page and "Figure 4" in page
+    assert page.count("data:image/png;base64,") == 4
+    assert "http://" not in page and "https://" not in page  # viewable offline
+
+
+def test_cv_and_report_refuse_bad_input(cohort: Path, tmp_path: Path) -> None:
+    bad = _cv(cohort, tmp_path / "r", "--folds", "30")
+    assert bad.exit_code == 2 and "30 folds need" in bad.output
+    bad = runner.invoke(app, ["cv", str(cohort), "--cr", "15,20", "--augment", "--out",
+                              str(tmp_path / "r")])
+    assert bad.exit_code == 2 and "give CR 1" in bad.output
+    bad = runner.invoke(app, ["report", str(tmp_path)])
+    assert bad.exit_code == 2 and "no results.json" in bad.output
+    (tmp_path / "results.json").write_text("{not json")
+    bad = runner.invoke(app, ["report", str(tmp_path)])
+    assert bad.exit_code == 2 and "damaged" in bad.output

@@ -1,0 +1,110 @@
+"""Dataset readers: the phantom's labels, a generic CSV, RSNA and VinDr layouts; problems reported."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+from dicomcr.data.dataset import ColumnMap, load_dataset, read_phantom_labels
+
+
+def _images(cohort: Path) -> list[dict]:
+    """One row per image of the phantom cohort: patient, side, view, file, breast label."""
+    rows = []
+    for b in read_phantom_labels(cohort):
+        for view, path in (("CC", b.cc), ("MLO", b.mlo)):
+            rows.append({"patient": b.patient_id, "side": b.laterality, "view": view,
+                         "path": path, "malignant": b.malignant})
+    return rows
+
+
+def _write(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_a_generic_csv_pairs_views_and_reports_what_it_leaves_out(small_cohort: Path,
+                                                                  tmp_path: Path) -> None:
+    images = _images(small_cohort)
+    rows = [[r["patient"], {"L": "left", "R": "right"}[r["side"]], r["view"].lower(),
+             os.path.relpath(r["path"], small_cohort), "yes" if r["malignant"] else "no"]
+            for r in images]
+    dropped = rows.pop(1)  # the first breast loses its MLO
+    rows.append([rows[2][0], rows[2][1], "cc", rows[2][3], rows[2][4]])  # a second CC, same file
+    rows.append([rows[0][0], rows[0][1], "ML", rows[0][3], "no"])  # a projection not used
+    rows.append([rows[0][0], "B", "cc", rows[0][3], "no"])  # a laterality that means nothing
+    table = _write(tmp_path / "labels.csv", ["pid", "side", "proj", "file", "cancer"], rows)
+    dataset = load_dataset(small_cohort, "csv", table,
+                           "patient=pid,laterality=side,view=proj,label=cancer,path={file},"
+                           "positive=yes")
+    expected = {(b.patient_id, b.laterality): b for b in read_phantom_labels(small_cohort)}
+    assert len(dataset.breasts) == len(expected) - 1
+    for b in dataset.breasts:
+        truth = expected[(b.patient_id, b.laterality)]
+        assert (b.cc, b.mlo, b.malignant) == (truth.cc, truth.mlo, truth.malignant)
+    text = "\n".join(dataset.problems)
+    assert f"{dropped[0]} L: no MLO view; breast left out" in text
+    assert "2 CC images" in text and "'B' is not L or R" in text
+
+
+def test_rsna_and_vindr_layouts(small_cohort: Path, tmp_path: Path) -> None:
+    images = _images(small_cohort)
+    rsna = tmp_path / "rsna" / "train_images"
+    rows = []
+    for i, r in enumerate(images):
+        (rsna / r["patient"]).mkdir(parents=True, exist_ok=True)
+        os.link(r["path"], rsna / r["patient"] / f"{1000 + i}.dcm")
+        rows.append([1, r["patient"], 1000 + i, r["side"], r["view"], 60, r["malignant"]])
+    table = _write(tmp_path / "rsna" / "train.csv",
+                   ["site_id", "patient_id", "image_id", "laterality", "view", "age", "cancer"], rows)
+    dataset = load_dataset(rsna, "rsna", table)
+    assert dataset.problems == []
+    truth = {b.key: b.malignant for b in read_phantom_labels(small_cohort)}
+    assert {b.key: b.malignant for b in dataset.breasts} == truth
+
+    vindr = tmp_path / "vindr" / "images"
+    rows = []
+    for i, r in enumerate(images):
+        study = f"s{r['patient']}"
+        (vindr / study).mkdir(parents=True, exist_ok=True)
+        os.link(r["path"], vindr / study / f"img{i}.dicom")
+        birads = "BI-RADS 5" if r["malignant"] else "BI-RADS 2"
+        rows.append([study, "ser", f"img{i}", r["side"], r["view"], birads, "DENSITY B"])
+    table = _write(tmp_path / "vindr" / "breast-level_annotations.csv",
+                   ["study_id", "series_id", "image_id", "laterality", "view_position",
+                    "breast_birads", "breast_density"], rows)
+    dataset = load_dataset(vindr, "vindr", table)
+    assert {b.key: b.malignant for b in dataset.breasts} == {f"s{k}": v for k, v in truth.items()}
+
+
+@pytest.mark.parametrize(("layout", "labels", "columns", "message"), [
+    ("excel", None, None, "unknown dataset format"),
+    ("csv", None, None, "needs --labels"),
+    ("csv", "labels.csv", None, "needs --columns"),
+    ("csv", "labels.csv", "patient=a,view=b", "misses"),
+    ("csv", "labels.csv", "patient=a,laterality=b,view=c,label=d,path={a},colour=x", "name=value"),
+    ("csv", "labels.csv", "patient=nope,laterality=b,view=c,label=d,path={a}", "no column nope"),
+    ("rsna", "labels.csv", "patient=a", "--columns is for --format csv"),
+    ("phantom", "labels.csv", None, "are for --format csv"),
+])
+def test_bad_dataset_arguments_say_what_is_wrong(tmp_path: Path, layout, labels, columns,
+                                                 message) -> None:
+    _write(tmp_path / "labels.csv", ["a", "b", "c", "d"], [["1", "L", "CC", "0"]])
+    with pytest.raises(ValueError, match=message):
+        load_dataset(tmp_path, layout, tmp_path / labels if labels else None, columns)
+
+
+def test_a_table_with_no_complete_breast_is_refused(small_cohort: Path, tmp_path: Path) -> None:
+    cc_only = [[r["patient"], r["side"], "CC", os.path.relpath(r["path"], small_cohort), 0]
+               for r in _images(small_cohort) if r["view"] == "CC"]
+    table = _write(tmp_path / "t.csv", ["p", "s", "v", "f", "y"], cc_only)
+    with pytest.raises(ValueError, match="no breast with both a CC and an MLO"):
+        load_dataset(small_cohort, "csv", table, "patient=p,laterality=s,view=v,label=y,path={f}")
+    assert ColumnMap.parse("patient=p,laterality=s,view=v,label=y,path={f},positive=1|2"
+                           ).positive == ("1", "2")
