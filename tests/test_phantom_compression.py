@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import openjpeg
 from openjpeg.utils import encode_array
 
-from dicomcr.phantom import Difficulty, generate_study
+from dicomcr.phantom import generate_study
+from dicomcr.phantom.params import PHYSICAL
 
 
 def _j2k_roundtrip(pixels: np.ndarray, bits_stored: int, cr: float) -> tuple[np.ndarray, float]:
@@ -18,11 +21,13 @@ def _j2k_roundtrip(pixels: np.ndarray, bits_stored: int, cr: float) -> tuple[np.
 
 
 def test_calcifications_survive_cr_20_and_vanish_at_cr_5000() -> None:
-    """Full-resolution GE view (0.1 mm): how much of the calcifications' signal is retained."""
+    """Full-resolution GE view (0.1 mm): how much of the calcifications' signal is retained.
+
+    With the physics alone (PHYSICAL): the claim is about calcifications of real size and density."""
     args = dict(seed=5, index=0, finding="malignant", vendor="ge", size="full",
                 photometric="MONOCHROME2", lesion_kinds=("pleomorphic_calcifications",))
-    study = generate_study(**args)
-    twin = generate_study(**args, difficulty=Difficulty(calc_contrast=1e-6))  # no calcifications
+    study = generate_study(**args, difficulty=PHYSICAL)
+    twin = generate_study(**args, difficulty=replace(PHYSICAL, calc_contrast=1e-6))  # no calcs
     view, plain = next((v, t) for v, t in zip(study.views, twin.views, strict=True)
                        if v.lesion_mask.any())
     signal = view.pixels.astype(float) - plain.pixels

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
@@ -57,7 +58,7 @@ def _ensure_view(path: Path, laterality: str, view: str, crs: list[float], p: Pr
         for cr, pixels in decoded.items():
             image = normalise(pixels, source.bits_stored, str(ds.PhotometricInterpretation),
                               window)
-            partial = files[cr].with_name(f".{files[cr].stem}.partial.npy")
+            partial = files[cr].with_name(f".{files[cr].stem}.{os.getpid()}.partial.npy")
             np.save(partial, resize_and_crop(image, laterality, view, p))
             partial.replace(files[cr])  # a killed run leaves no half-written input behind
 
