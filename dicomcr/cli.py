@@ -369,7 +369,7 @@ def train(
 
     from dicomcr.data.dataset import fingerprint
     from dicomcr.data.preprocess import Preprocessing
-    from dicomcr.experiments.metrics import auroc_delong
+    from dicomcr.experiments.metrics import auroc_delong, youden_threshold
     from dicomcr.experiments.splits import split_patients
     from dicomcr.experiments.train import predict, stack_crs, train_model
     from dicomcr.models.modelfile import ModelInfo, save_model
@@ -402,7 +402,13 @@ def train(
     except ValueError as exc:
         fail(str(exc))
     test_index = rows(test_ids)
-    report = {"best_epoch": result.best_epoch, "val_auroc": result.best_validation_auroc}
+    report = {"best_epoch": result.best_epoch, "val_auroc": result.best_validation_auroc,
+              "threshold": 0.5}
+    try:  # the operating point, from validation data: Youden's J
+        report["threshold"] = youden_threshold(val_y, predict(result.model, val_x,
+                                                              torch.device("cpu")))
+    except ValueError as exc:
+        console.print(f"operating threshold left at 0.5 ({exc})")
     for c in crs:
         scores = predict(result.model, inputs[c][test_index], torch.device("cpu"))
         try:
@@ -418,6 +424,7 @@ def train(
                   show_header=False)
     table.add_row("split (patients)", f"{len(train_ids)} / {len(val_ids)} / {len(test_ids)}")
     table.add_row("best epoch", str(result.best_epoch))
+    table.add_row("operating threshold", f"{report['threshold']:.4f} (Youden's J on validation)")
     table.add_row("validation AUROC", "n/a (the validation split lacks a class)"
                   if np.isnan(result.best_validation_auroc)
                   else f"{result.best_validation_auroc:.3f}")

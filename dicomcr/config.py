@@ -121,6 +121,10 @@ class Config(Strict):
         if self.forward.to not in self.destinations:
             raise ValueError(f"forward.to names {self.forward.to!r}, not one of the "
                              f"destinations {sorted(self.destinations)}")
+        send_to = self.inference.send_to if self.inference else None
+        if send_to is not None and send_to not in self.destinations:
+            raise ValueError(f"inference.send_to names {send_to!r}, not one of the "
+                             f"destinations {sorted(self.destinations)}")
         seen: dict[str, str] = {}
         for site in self.sites:
             for title in site.calling_ae:
@@ -140,6 +144,9 @@ class Config(Strict):
             if ANY_AE in site.calling_ae:
                 return site
         return None
+
+    def site_for_name(self, name: str) -> Site | None:
+        return next((site for site in self.sites if site.name == name), None)
 
     @property
     def accepts_any_ae(self) -> bool:

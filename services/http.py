@@ -16,8 +16,10 @@ COUNTERS = {
     "forwarded": "Instances the destination answered Success for.",
     "failed": "Instances that could not be transcoded.",
     "forward_retries": "Forwarding attempts that failed and were scheduled again.",
+    "inferred": "Studies classified, their saliency captures and report queued for forwarding.",
+    "inference_failed": "Studies that could not be classified (the reason is logged).",
 }
-STAGES = ("receive", "transcode", "forward")
+STAGES = ("receive", "transcode", "forward", "inference")
 
 
 class Metrics:

@@ -52,8 +52,9 @@ from dicomcr.net.scu import NetworkError, Peer, send
 from dicomcr.transcode import transcode_file
 
 from .http import Metrics, serve_http
+from .inference import infer_study
 from .receiver import SUCCESS, Spool, accept
-from .store import Job, JobStore
+from .store import DERIVED, Job, JobStore
 
 log = logging.getLogger("dicomcr.node")
 
@@ -106,7 +107,14 @@ class Node:
         self._server = None
         self._http = None
         self._pool: ProcessPoolExecutor | None = None
+        self._infer_pool: ProcessPoolExecutor | None = None
         self._threads: list[threading.Thread] = []
+        inference = config.inference
+        default_model = inference.model if inference else None
+        self.models = {site.name: site.model or default_model for site in config.sites}
+        self.models["unknown"] = default_model
+        self.inference_device = inference.device if inference else "auto"
+        self.inference_warning: str | None = None
 
     # -- receiving -----------------------------------------------------------------------
     def _ae(self) -> AE:
@@ -191,16 +199,73 @@ class Node:
             self.metrics.observe("transcode", sum(float(row.seconds or 0) for row in result))
 
     def _forward_loop(self) -> None:
-        destination = self.config.destinations[self.config.forward.to]
+        images = self.config.forward.to
+        derived = (self.config.inference.send_to if self.config.inference else None) or images
         while not self._stop.is_set():
             jobs = self.store.to_forward(32)
             if not jobs:
                 time.sleep(self.poll)
                 continue
-            start = time.perf_counter()
-            self._forward(jobs, destination)
-            for _ in jobs:
-                self.metrics.observe("forward", (time.perf_counter() - start) / len(jobs))
+            for name in dict.fromkeys((images, derived)):
+                batch = [j for j in jobs if (derived if j.policy == DERIVED else images) == name]
+                if not batch:
+                    continue
+                start = time.perf_counter()
+                self._forward(batch, self.config.destinations[name])
+                for _ in batch:
+                    self.metrics.observe("forward", (time.perf_counter() - start) / len(batch))
+
+    # -- inference -----------------------------------------------------------------------
+    def _inference_ready(self) -> bool:
+        """Load every configured model once here; a model that fails disables inference."""
+        from dicomcr.models.modelfile import ModelFileError, load_model
+
+        for model in sorted({str(m) for m in self.models.values() if m is not None}):
+            try:
+                load_model(Path(model))
+            except (ModelFileError, OSError) as exc:
+                self.inference_warning = f"inference disabled: {exc}"
+                log.error("%s; transcoding and forwarding go on", self.inference_warning)
+                return False
+        return any(m is not None for m in self.models.values())
+
+    def _inference_loop(self) -> None:
+        stable = self.config.node.stable_seconds
+        while not self._stop.is_set():
+            ready = self.store.studies_to_infer(stable)
+            for study, site, files in ready:
+                if self._stop.is_set():
+                    break
+                self._infer(study, site, files)
+            if not ready:
+                time.sleep(self.poll)
+
+    def _infer(self, study: str, site: str, files: list[Path]) -> None:
+        model = self.models.get(site)
+        if model is None:
+            self.store.study_done(study, "skipped", f"site {site} has no model")
+            return
+        configured = self.config.site_for_name(site)
+        policy = policy_of(configured.cr) if configured else policy_of(20.0)
+        start = time.perf_counter()
+        try:
+            written, probabilities = self._infer_pool.submit(
+                infer_study, files, Path(model), self.inference_device, policy,
+                self.root / "derived" / study).result()
+        except Exception as exc:  # a study that cannot be classified: said, the rest goes on
+            log.warning("inference of study %s failed: %s", study, exc)
+            self.store.study_done(study, "failed", str(exc))
+            self.metrics.count("inference_failed")
+            return
+        for item in written:
+            self.store.derived(sop_instance_uid=item.sop_instance_uid,
+                               sop_class_uid=item.sop_class_uid, study_uid=study, site=site,
+                               path=item.path)
+        self.store.study_done(study)
+        self.metrics.count("inferred")
+        self.metrics.observe("inference", time.perf_counter() - start)
+        log.info("study %s classified: %s", study,
+                 ", ".join(f"{k} {v:.3f}" for k, v in sorted(probabilities.items())))
 
     def _forward(self, jobs: list[Job], destination) -> None:
         retry = self.config.forward
@@ -257,7 +322,11 @@ class Node:
         if node.http_port:
             self._http = serve_http(node.host, node.http_port, self.metrics, self.store.counts,
                                     self.health)
-        for target in (self._transcode_loop, self._forward_loop):
+        loops = [self._transcode_loop, self._forward_loop]
+        if self._inference_ready():
+            self._infer_pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            loops.append(self._inference_loop)
+        for target in loops:
             thread = threading.Thread(target=target, name=target.__name__, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -280,12 +349,16 @@ class Node:
         """What /healthz reports: ok while the workers run; warnings name what is degraded."""
         alive = all(thread.is_alive() for thread in self._threads)
         counts = self.store.counts()
+        warnings = [] if alive else ["a worker thread stopped"]
+        if self.inference_warning:
+            warnings.append(self.inference_warning)
         return {
-            "status": "ok" if alive else "degraded",
+            "status": "ok" if alive else "degraded",  # inference trouble warns, it does not fail
             "ae_title": self.config.node.ae_title,
             "uptime_seconds": round(time.time() - self.metrics.started, 1),
             "queue_depth": sum(c["received"] + c["transcoded"] for c in counts.values()),
-            "warnings": [] if alive else ["a worker thread stopped"],
+            "studies": self.store.study_states(),
+            "warnings": warnings,
         }
 
     def stop(self) -> None:
@@ -307,8 +380,9 @@ class Node:
         self._stop.set()
         for thread in self._threads:
             thread.join()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        for pool in (self._pool, self._infer_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
         self.store.close()
 
     def serve_forever(self) -> None:

@@ -4,6 +4,11 @@ States: received (in the spool, acknowledged) -> transcoded (outputs written) ->
 destination answered Success). A failure to transcode marks the row failed with the reason; a
 failure to forward leaves it transcoded with a later retry time. Rows are keyed by SOP Instance UID,
 so a re-sent instance replaces its row and every step can be repeated without duplicates.
+
+Studies have their own rows for inference: waiting (an instance arrived since the last inference)
+-> inferred (its Secondary Captures and Structured Report are jobs of their own, policy "derived",
+forwarded like any instance) or failed. A new instance puts an inferred study back to waiting; the
+derived objects' UIDs are functions of their sources, so a second inference replaces the first.
 """
 
 from __future__ import annotations
@@ -34,7 +39,17 @@ CREATE TABLE IF NOT EXISTS instances (
     updated_at       REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS by_state ON instances (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS by_study ON instances (study_uid);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid        TEXT PRIMARY KEY,
+    site             TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    last_received_at REAL NOT NULL,
+    error            TEXT NOT NULL DEFAULT '',
+    updated_at       REAL NOT NULL
+);
 """
+DERIVED = "derived"  # the policy of the node's own objects (SC, SR): forwarded, never transcoded
 STATES = ("received", "transcoded", "done", "failed")
 
 
@@ -79,6 +94,61 @@ class JobStore:
                 "updated_at=excluded.updated_at",
                 (sop_instance_uid, sop_class_uid, study_uid, calling_ae, site, policy,
                  str(spool_path), size, now, now))
+            self._db.execute(
+                "INSERT INTO studies (study_uid, site, state, last_received_at, updated_at) "
+                "VALUES (?, ?, 'waiting', ?, ?) ON CONFLICT(study_uid) DO UPDATE SET "
+                "state='waiting', last_received_at=excluded.last_received_at, error='', "
+                "updated_at=excluded.updated_at", (study_uid, site, now, now))
+
+    def derived(self, *, sop_instance_uid: str, sop_class_uid: str, study_uid: str, site: str,
+                path: Path) -> None:
+        """Record an object the node made (an SC, the SR) as ready to forward."""
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_uid, calling_ae, "
+                "site, policy, spool_path, bytes, state, outputs, received_at, updated_at) "
+                "VALUES (?, ?, ?, '', ?, ?, ?, ?, 'transcoded', ?, ?, ?) "
+                "ON CONFLICT(sop_instance_uid) DO UPDATE SET state='transcoded', "
+                "outputs=excluded.outputs, attempts=0, next_attempt_at=0, error='', "
+                "updated_at=excluded.updated_at",
+                (sop_instance_uid, sop_class_uid, study_uid, site, DERIVED, str(path),
+                 path.stat().st_size, json.dumps([str(path)]), now, now))
+
+    def studies_to_infer(self, stable_seconds: float, views: int = 4,
+                         now: float | None = None) -> list[tuple[str, str, list[Path]]]:
+        """(study, site, image files at the site's CR) of each waiting study that is ready: none of
+        its instances still to transcode, and `views` images in or `stable_seconds` of quiet."""
+        now = time.time() if now is None else now
+        with self._lock:
+            waiting = self._db.execute(
+                "SELECT study_uid, site, last_received_at FROM studies WHERE state='waiting'"
+            ).fetchall()
+            ready = []
+            for study, site, last in waiting:
+                rows = self._db.execute(
+                    "SELECT state, outputs FROM instances WHERE study_uid=? AND policy != ?",
+                    (study, DERIVED)).fetchall()
+                if any(state == "received" for state, _ in rows):
+                    continue
+                files = [Path(p) for state, outputs in rows if state != "failed"
+                         for p in json.loads(outputs)]
+                if files and (len(files) >= views or now - last >= stable_seconds):
+                    ready.append((study, site, files))
+        return ready
+
+    def study_done(self, study_uid: str, state: str = "inferred", error: str = "") -> None:
+        """Inference of a study ended: inferred, failed (error says why) or skipped (no model)."""
+        if state not in ("inferred", "failed", "skipped"):
+            raise ValueError(f"unknown study state {state!r}")
+        with self._lock:
+            self._db.execute("UPDATE studies SET state=?, error=?, updated_at=? WHERE study_uid=?",
+                             (state, error, time.time(), study_uid))
+
+    def study_states(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state").fetchall()
+        return dict(rows)
 
     def _jobs(self, query: str, args: tuple) -> list[Job]:
         with self._lock:

@@ -129,12 +129,15 @@ class Orthanc:
         wait_for_port(self.http_port, self.process)
         wait_for_port(self.dicom_port, self.process)
 
-    def get(self, path: str, text: bool = False):
+    def get(self, path: str, text: bool = False, raw: bool = False):
+        """Orthanc's REST API: JSON by default, `text` for a string, `raw` for the bytes."""
         import json
         import urllib.request
 
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
             body = r.read()
+        if raw:
+            return body
         return body.decode() if text else json.loads(body)
 
     def instances(self) -> list[dict]:

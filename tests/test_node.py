@@ -96,7 +96,7 @@ def _http(port: int, path: str) -> str:
 
 
 def _study(cohort: Path, index: int = 0) -> list[Path]:
-    folder = sorted(p for p in cohort.iterdir() if p.is_dir())[index]
+    folder = sorted(p for p in cohort.iterdir() if p.is_dir() and not p.name.startswith("."))[index]
     return sorted(folder.glob("*.dcm"))
 
 

@@ -93,3 +93,38 @@ def breast_input(cc: np.ndarray, mlo: np.ndarray, p: Preprocessing) -> np.ndarra
 
     pair = np.concatenate([fit(cc), fit(mlo)], axis=1)
     return _resize(pair, p.input_size)
+
+
+def crop_box(shape: tuple[int, int], laterality: str, view: str, p: Preprocessing
+             ) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) in the full view's pixels of what `resize_and_crop` keeps."""
+    rows, cols = shape
+    small_rows, small_cols = max(1, round(rows * p.scale)), max(1, round(cols * p.scale))
+    half, cut = small_cols // 2, round(small_rows * p.crop_fraction_y)
+    left, right = (0, half) if laterality == "L" else (small_cols - half, small_cols)
+    top, bottom = (cut, small_rows) if view == "MLO" else (0, small_rows - cut)
+    sy, sx = rows / small_rows, cols / small_cols
+    return round(top * sy), round(bottom * sy), round(left * sx), round(right * sx)
+
+
+def split_columns(cc: tuple[int, int], mlo: tuple[int, int], p: Preprocessing) -> int:
+    """The input column where the MLO starts, for crops of shapes `cc` and `mlo` (as
+    `breast_input` lays them side by side)."""
+    rows = max(cc[0], mlo[0])
+    widths = [max(1, round(shape[1] * rows / shape[0])) for shape in (cc, mlo)]
+    return round(p.input_size[1] * widths[0] / sum(widths))
+
+
+def to_view(part: np.ndarray, shape: tuple[int, int], laterality: str, view: str,
+            p: Preprocessing) -> np.ndarray:
+    """A map over one view's part of the input, put back on the full view (zeros elsewhere):
+    the inverse of crop, mirror and resize, so a heat map lands on the pixels it explains."""
+    top, bottom, left, right = crop_box(shape, laterality, view, p)
+    if laterality == "R" and p.mirror_right:
+        part = part[:, ::-1]
+    tensor = torch.from_numpy(np.ascontiguousarray(part, dtype=np.float32))[None, None]
+    placed = F.interpolate(tensor, size=(bottom - top, right - left), mode="bilinear",
+                           align_corners=False)[0, 0].numpy()
+    out = np.zeros(shape, dtype=np.float32)
+    out[top:bottom, left:right] = placed
+    return out

@@ -94,3 +94,14 @@ def auprc_bootstrap(labels: np.ndarray, scores: np.ndarray, seed: int,
                     n_resamples: int = 2000, level: float = 0.95) -> Estimate:
     """AUPRC (average precision) with a stratified bootstrap CI."""
     return bootstrap_ci(average_precision, labels, scores, seed, n_resamples, level)
+
+
+def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The score threshold that maximises sensitivity + specificity - 1 (Youden's J): the
+    operating point a model file records from its validation data."""
+    from sklearn.metrics import roc_curve
+
+    y, s = _check(labels, scores)
+    fpr, tpr, thresholds = roc_curve(y, s)
+    best = int(np.argmax(tpr - fpr))
+    return float(min(max(thresholds[best], 1e-6), 1 - 1e-6))

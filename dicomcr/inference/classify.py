@@ -1,0 +1,180 @@
+"""Classify a study's breasts with a model file, and explain each with Grad-CAM on every view.
+
+The image classified is the one given (in the node: the file at the site's policy CR, what the
+archive holds); it is not compressed again. Grad-CAM is captum's `LayerGradCam` on the last
+convolution block, upsampled to the input and put back on each view's full-size pixels.
+A breast with one view missing is classified with the present view in both halves of the input
+(said in the result); a study is the most suspicious of its breasts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from torch import nn
+
+from ..data.preprocess import Preprocessing, breast_input, normalise, resize_and_crop, split_columns, to_view
+from ..dicom.source import InputError, SourceImage, read_source
+from ..experiments.train import pick_device
+from ..models.modelfile import ModelInfo, load_model
+
+VIEWS = ("CC", "MLO")
+
+
+@dataclass
+class View:
+    """One decoded view of a study, and the heat map Grad-CAM gives it (full size, 0..1)."""
+
+    source: SourceImage
+    laterality: str
+    view: str
+    heat: np.ndarray | None = None
+
+
+@dataclass
+class BreastResult:
+    laterality: str
+    probability: float
+    views: dict[str, View]
+    missing: tuple[str, ...] = ()
+
+
+@dataclass
+class StudyResult:
+    study_uid: str
+    breasts: list[BreastResult]
+    problems: list[str] = field(default_factory=list)  # files that are not a CC or MLO view
+
+    @property
+    def probability(self) -> float:
+        return max(b.probability for b in self.breasts)
+
+    @property
+    def missing_views(self) -> list[str]:
+        present = {b.laterality for b in self.breasts}
+        absent = [f"{side}{view}" for side in "LR" if side not in present for view in VIEWS]
+        return absent + [f"{b.laterality}{v}" for b in self.breasts for v in b.missing]
+
+
+def view_of(source: SourceImage) -> tuple[str, str] | None:
+    """(laterality, CC|MLO) from the header, or None for any other projection."""
+    ds = source.dataset
+    side = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).upper()
+    position = str(ds.get("ViewPosition", "")).upper()
+    if side not in ("L", "R") or position not in VIEWS:
+        return None
+    return side, position
+
+
+def target_layer(model: nn.Module) -> nn.Module:
+    """The last convolution block's activation: CNN3's third ReLU, ResNet18's layer4."""
+    if hasattr(model, "features"):  # CNN3: conv, BatchNorm, ReLU, pool; before the pooling
+        return model.features[-1][2]
+    return model.net.layer4
+
+
+class _Logit(nn.Module):
+    """(batch,) -> (batch, 1), the shape captum attributes against."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[:, None]
+
+
+class Classifier:
+    """A model file loaded once; `classify` runs one study."""
+
+    def __init__(self, path: Path, device: str = "auto") -> None:
+        self.path = Path(path)
+        self.network, self.info = load_model(self.path)
+        self.preprocessing = Preprocessing.from_dict(self.info.preprocessing)
+        self.device = pick_device(device)
+        self.network.to(self.device).eval()
+        for module in self.network.modules():  # captum's hooks need out-of-place activations
+            if isinstance(module, nn.ReLU):
+                module.inplace = False
+        self.version = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def threshold(self) -> float:
+        """The operating threshold chosen on validation data at training, else 0.5."""
+        return float(self.info.validation.get("threshold", 0.5))
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return self.info
+
+    def _input(self, view: View) -> np.ndarray:
+        ds = view.source.dataset
+        window = None
+        if "WindowCenter" in ds and "WindowWidth" in ds:
+            window = (float(np.ravel(ds.WindowCenter)[0]), float(np.ravel(ds.WindowWidth)[0]))
+        image = normalise(view.source.pixels, view.source.bits_stored,
+                          str(ds.PhotometricInterpretation), window)
+        return resize_and_crop(image, view.laterality, view.view, self.preprocessing)
+
+    def classify(self, files: list[Path], saliency: bool = True) -> StudyResult:
+        """Probabilities per breast (and heat maps per view) for the images of one study."""
+        by_side: dict[str, dict[str, View]] = defaultdict(dict)
+        problems, study_uids = [], set()
+        for path in files:
+            try:
+                source = read_source(Path(path))
+            except InputError as exc:  # e.g. a colour Secondary Capture in the study
+                problems.append(f"{path}: {exc}; not classified")
+                continue
+            study_uids.add(str(source.dataset.StudyInstanceUID))
+            found = view_of(source)
+            if found is None:
+                problems.append(f"{path}: not a CC or MLO view with a laterality; not classified")
+                continue
+            side, position = found
+            by_side[side][position] = View(source, side, position)
+        if len(study_uids) > 1:
+            raise ValueError(f"the files belong to {len(study_uids)} studies, not one")
+        if not by_side:
+            raise ValueError("no CC or MLO view to classify" + (f" ({problems[0]})" if problems
+                                                                else ""))
+        breasts = [self._breast(side, views, saliency) for side, views in sorted(by_side.items())]
+        return StudyResult(study_uids.pop(), breasts, problems)
+
+    def _breast(self, side: str, views: dict[str, View], saliency: bool) -> BreastResult:
+        crops = {v: self._input(views[v]) for v in VIEWS if v in views}
+        missing = tuple(v for v in VIEWS if v not in views)
+        cc = crops.get("CC", crops.get("MLO"))
+        mlo = crops.get("MLO", crops.get("CC"))
+        x = torch.from_numpy(breast_input(cc, mlo, self.preprocessing)).float()[None, None]
+        x = x.to(self.device)
+        with torch.no_grad():
+            probability = float(torch.sigmoid(self.network(x))[0])
+        if saliency:
+            cam = self.grad_cam(x)
+            split = split_columns(cc.shape, mlo.shape, self.preprocessing)
+            parts = {"CC": cam[:, :split], "MLO": cam[:, split:]}
+            for name, view in views.items():
+                part = parts["CC"] if missing else parts[name]  # one view filled both halves
+                view.heat = to_view(part, view.source.pixels.shape, side, name,
+                                    self.preprocessing)
+        return BreastResult(side, probability, views, missing)
+
+    def grad_cam(self, x: torch.Tensor) -> np.ndarray:
+        """Grad-CAM of the malignancy logit at the input's size, scaled to 0..1."""
+        wrapped = _Logit(self.network)
+        cam = LayerGradCam(wrapped, target_layer(self.network)).attribute(x, target=0)
+        cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), "bilinear")
+        cam = torch.relu(cam)[0, 0].detach().float().cpu().numpy()
+        top = float(cam.max())
+        return cam / top if top > 0 else cam
