@@ -508,6 +508,9 @@ def cv(
                      ] = False,
     augment: Annotated[bool, typer.Option("--augment", help="Fig. 4: also train on CR mixtures "
                                                             "1-x, tested at every CR.")] = False,
+    saliency: Annotated[bool, typer.Option("--saliency", help="Score Grad-CAM against the lesion "
+                                           "masks: pointing game and energy inside, per CR.")
+                        ] = False,
     arch: ArchOpt = "cnn3",
     imagenet_weights: ImagenetOpt = None,
     epochs: EpochsOpt = 20,
@@ -530,6 +533,7 @@ def cv(
     from dicomcr.data.preprocess import Preprocessing
     from dicomcr.experiments import cv as cvlib
     from dicomcr.experiments.report import write_figures
+    from dicomcr.models.modelfile import ModelInfo, save_model
 
     crs = _crs(cr)
     try:
@@ -570,10 +574,19 @@ def cv(
             bar.update(task, status=f"{current['name']} epoch {record['epoch']} "
                                     f"val AUROC {record['val_auroc']:.3f}")
 
+        def on_model(plan: cvlib.ModelPlan, result: cvlib.FoldResult, network) -> None:
+            path = results_dir.model_path(plan.name, result.fold)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_model(network, ModelInfo(
+                architecture=arch, spec=spec, preprocessing=asdict(p),
+                trained_crs=list(plan.train_crs), data_fingerprint=data_id,
+                validation={"best_epoch": result.best_epoch,
+                            "val_auroc": result.validation_auroc, "fold": result.fold}), path)
+
         try:
             results = cvlib.cross_validate(plans, fold_list, [b.key for b in breasts], patient_of,
                                            inputs, labels, build, options, identity, results_dir,
-                                           on_fold, on_epoch)
+                                           on_fold, on_epoch, on_model)
         except ValueError as exc:
             fail(f"training failed: {exc}")
         bar.advance(task)
@@ -587,11 +600,41 @@ def cv(
             "preprocessing": asdict(p), "options": asdict(options), "folds": folds,
             "crs": crs, "cross": cross, "augment": augment, "breasts": len(breasts),
             "patients": len(set(patient_of)), "malignant": int(labels.sum())}
-    cvlib.write_tables(out, rows, results, meta)
+    scored = _saliency(breasts, plans, results, inputs, p, results_dir) if saliency else None
+    cvlib.write_tables(out, rows, results, meta, scored)
     figures = write_figures(out, plans, rows, results)
     _print_rows(rows, plans, cross or augment)
+    if scored:
+        table = Table(title="Grad-CAM against the lesion masks (malignant breasts, out of fold)")
+        for name in ("model", "breasts", "pointing game (95% CI)", "energy inside (mean ± sd)"):
+            table.add_column(name)
+        for r in scored:
+            table.add_row(r.model, str(r.n), f"{r.pointing_rate:.2f} ({r.pointing_low:.2f}-"
+                          f"{r.pointing_high:.2f})", f"{r.energy_mean:.3f} ± {r.energy_sd:.3f}")
+        Console().print(table)
     for path in [out / "results.csv", out / "results.json", out / "predictions.csv", *figures]:
         console.print(f"wrote {path}")
+
+
+def _saliency(breasts: list, plans: list, results: list, inputs: dict, p, results_dir) -> list:
+    """Grad-CAM of every fold's network against the masks of its malignant test breasts."""
+    from dicomcr.experiments.saliency import cv_saliency, input_mask
+    from dicomcr.models.modelfile import ModelFileError, load_model
+
+    masks = {i: m for i, b in enumerate(breasts) if b.malignant
+             for m in [input_mask(b, p)] if m is not None and m.any()}
+    if not masks:
+        fail("--saliency needs lesion masks (a phantom cohort, or <image>_mask.png beside the "
+             "images); this dataset has none for its malignant breasts")
+
+    def load(model: str, fold: int):
+        try:
+            return load_model(results_dir.model_path(model, fold))[0]
+        except ModelFileError as exc:
+            fail(f"{exc}: the fold's network is needed for --saliency; remove "
+                 f"{results_dir.root / 'folds' / model} to train it again")
+
+    return cv_saliency(plans, results, [b.key for b in breasts], inputs, masks, load)
 
 
 def _print_rows(rows: list, plans: list, every_cr: bool) -> None:
@@ -634,3 +677,46 @@ def report(
     except ReportError as exc:
         fail(str(exc))
     Console().print(f"report: {target}")
+
+
+@app.command()
+def saliency(
+    models: Annotated[list[Path], typer.Argument(help="One or more .dcmcr model files, then the "
+                                                      "study folder (last).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder: SCs and SR per model and "
+                                                    "CR, and saliency.png.")],
+    cr: Annotated[list[float] | None, typer.Option("--cr", help="CR to compress the study at "
+                                                   "before classifying (repeatable; 1 = as "
+                                                   "read). Default: the models' CRs.")] = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Grad-CAM saliency of one study: SCs and an SR as DICOM, and a figure like the paper's Fig. 3."""
+    from dicomcr.inference.offline import saliency_study
+    from dicomcr.models.modelfile import ModelFileError, load_model
+    from dicomcr.transcode import find_inputs
+
+    if len(models) < 2:
+        fail("give at least one model file and then the study folder")
+    *model_files, study = models
+    try:
+        trained = sorted({c for m in model_files for c in load_model(m)[1].trained_crs})
+        files = [path for path, _ in find_inputs(study)]
+    except (ModelFileError, FileNotFoundError) as exc:
+        fail(str(exc))
+    crs = sorted({float(c) for c in (cr or trained)})
+    if any(c < 1 for c in crs):
+        fail("a CR is >= 1 (1 = the image as read)")
+    try:
+        with console.status(f"{len(model_files)} model(s) x {len(crs)} CR(s) on {study}"):
+            result = saliency_study(model_files, files, crs, out, device)
+    except (ValueError, ModelFileError) as exc:
+        fail(str(exc))
+    for line in result.problems:
+        console.print(f"[yellow]{line}[/]")
+    table = Table(title=f"P(malignant) of each breast of {study}")
+    for name in ("model", "CR", "breast", "probability"):
+        table.add_column(name)
+    for (model, c, side), value in sorted(result.probabilities.items()):
+        table.add_row(model, f"{c:g}", side, f"{value:.3f}")
+    Console().print(table)
+    console.print(f"{len(result.written)} DICOM objects under {out}; figure: {result.figure}")

@@ -12,8 +12,11 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from typer.testing import CliRunner
 
 from dicomcr.cli import app
+from dicomcr.data.dataset import read_phantom_labels
 from dicomcr.experiments.cv import cv_folds, plan_models
 from dicomcr.experiments.metrics import auroc_delong
+from dicomcr.experiments.saliency import energy_inside, pointing_game, wilson
+from dicomcr.models.modelfile import load_model
 from dicomcr.phantom import CohortSpec, write_cohort
 
 runner = CliRunner()
@@ -27,6 +30,18 @@ def test_delong_on_a_hand_checked_case() -> None:
     assert estimate.value == pytest.approx(8 / 9)
     assert estimate.low == pytest.approx(8 / 9 - 0.307979, abs=1e-6)
     assert estimate.high == 1.0  # 1.197 clipped
+
+
+def test_saliency_scores_on_known_maps() -> None:
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[5:8, 5:8] = True
+    cam = np.zeros((20, 20))
+    cam[6, 6], cam[15, 15] = 1.0, 0.5
+    assert pointing_game(cam, mask) and energy_inside(cam, mask) == pytest.approx(1 / 1.5)
+    cam[9, 9] = 2.0  # the maximum two pixels off the lesion: a hit with tolerance 2 only
+    assert pointing_game(cam, mask, tolerance=2) and not pointing_game(cam, mask, tolerance=0)
+    low, high = wilson(8, 10)  # hand-checked: 0.4902-0.9433
+    assert (low, high) == pytest.approx((0.4902, 0.9433), abs=1e-4)
 
 
 def test_folds_are_by_patient_stratified_complete_and_seeded() -> None:
@@ -77,9 +92,19 @@ def _cv(cohort: Path, out: Path, *extra: str):
 
 def test_cv_writes_tables_figures_and_resumes(cohort: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    first = _cv(cohort, out, "--cross", "--augment")
+    first = _cv(cohort, out, "--cross", "--augment", "--saliency")
     assert first.exit_code == 0, first.output
     assert "Table 1" in first.output and "M-CR1-20" in first.output
+    with open(out / "saliency.csv", newline="") as handle:
+        scored = list(csv.DictReader(handle))
+    malignant = sum(b.malignant for b in read_phantom_labels(cohort))
+    assert [r["model"] for r in scored] == ["M-CR1", "M-CR20"]
+    for r in scored:
+        assert int(r["n"]) == malignant  # every malignant breast has its mask in the phantom
+        assert 0 <= float(r["pointing_low"]) <= float(r["pointing_rate"]) <= 1
+        assert 0 <= float(r["energy_mean"]) <= 1
+    _, info = load_model(out / "folds" / "M-CR1-20" / "fold2.dcmcr")
+    assert info.trained_crs == [1.0, 20.0] and info.validation["fold"] == 2
     for name in ("results.csv", "results.json", "predictions.csv", "fig2_roc_pr.png",
                  "table2_auroc.png", "table2_auprc.png", "fig4_augment.png"):
         assert (out / name).stat().st_size > 0, name
@@ -118,7 +143,7 @@ def test_cv_writes_tables_figures_and_resumes(cohort: Path, tmp_path: Path) -> N
     assert report.exit_code == 0, report.output
     page = (out / "report.html").read_text()
     assert "Table 1" in page and "Table 2" in page and "Figure 4" in page
-    assert page.count("data:image/png;base64,") == 4
+    assert page.count("data:image/png;base64,") == 4 and "pointing game" not in page  # rerun
     assert "http://" not in page and "https://" not in page  # viewable offline
 
 

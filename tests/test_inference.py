@@ -13,6 +13,7 @@ import pydicom
 import pytest
 import torch
 from peers import Orthanc, dciodvfy, free_port
+from PIL import Image
 from test_node import MG_A, NodeProcess, _http, _study, storescu
 from typer.testing import CliRunner
 
@@ -177,3 +178,23 @@ def test_a_model_that_fails_to_load_disables_inference_only(small_cohort: Path,
         assert "inference disabled" in (tmp_path / "node" / "node.log").read_text()
     finally:
         assert node.terminate() == 0
+
+
+def test_saliency_command_writes_objects_and_the_figure(small_cohort: Path, model: Path,
+                                                        tmp_path: Path) -> None:
+    study = next(p for p in sorted(small_cohort.iterdir())
+                 if p.is_dir() and any(p.glob("*_mask.png")))  # the malignant study
+    result = runner.invoke(app, ["saliency", str(model), str(model), str(study), "--out",
+                                 str(tmp_path), "--cr", "1", "--cr", "20"])
+    assert result.exit_code == 0, result.output
+    for cr in ("CR1", "CR20"):
+        objects = sorted((tmp_path / "cnn3-test" / cr).glob("*.dcm"))
+        assert [p.name for p in objects] == ["SC_LCC.dcm", "SC_LMLO.dcm", "SC_RCC.dcm",
+                                             "SC_RMLO.dcm", "SR.dcm"]
+    figure = np.asarray(Image.open(tmp_path / "saliency.png"))
+    assert figure.shape[0] > 300 and figure.shape[1] > 600
+    bad = runner.invoke(app, ["saliency", str(study), "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "at least one model" in bad.output
+    bad = runner.invoke(app, ["saliency", str(study / "LCC.dcm"), str(study), "--out",
+                              str(tmp_path)])
+    assert bad.exit_code == 2 and "not a readable model file" in bad.output

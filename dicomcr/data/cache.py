@@ -21,7 +21,7 @@ import pydicom
 from ..codec.j2k import decode, encode_ladder
 from ..dicom.source import read_source
 from .dataset import Breast
-from .preprocess import Preprocessing, breast_input, normalise, resize_and_crop
+from .preprocess import Preprocessing, breast_input, normalise_image, resize_and_crop
 
 
 def _key(sop_uid: str, cr: float, p: Preprocessing) -> str:
@@ -44,10 +44,6 @@ def _ensure_view(path: Path, laterality: str, view: str, crs: list[float], p: Pr
     missing = [cr for cr, f in files.items() if not f.exists()]
     if missing:
         source = read_source(path)
-        ds = source.dataset
-        window = None
-        if "WindowCenter" in ds and "WindowWidth" in ds:
-            window = (float(np.ravel(ds.WindowCenter)[0]), float(np.ravel(ds.WindowWidth)[0]))
         decoded = {1.0: source.pixels} if 1.0 in missing else {}
         lossy = [cr for cr in missing if cr != 1.0]
         if lossy:
@@ -56,8 +52,7 @@ def _ensure_view(path: Path, laterality: str, view: str, crs: list[float], p: Pr
                 decoded[item.target_cr] = decode(item.codestream)
         cache.mkdir(parents=True, exist_ok=True)
         for cr, pixels in decoded.items():
-            image = normalise(pixels, source.bits_stored, str(ds.PhotometricInterpretation),
-                              window)
+            image = normalise_image(pixels, source.dataset)
             partial = files[cr].with_name(f".{files[cr].stem}.{os.getpid()}.partial.npy")
             np.save(partial, resize_and_crop(image, laterality, view, p))
             partial.replace(files[cr])  # a killed run leaves no half-written input behind

@@ -29,6 +29,8 @@ class Breast:
     cc: Path
     mlo: Path
     malignant: int
+    cc_mask: Path | None = None  # lesion masks (PNG, the view's size) when the dataset has them
+    mlo_mask: Path | None = None
 
     @property
     def key(self) -> str:
@@ -95,6 +97,12 @@ VINDR = ColumnMap(patient="study_id", laterality="laterality", view="view_positi
 LAYOUTS = {"rsna": RSNA, "vindr": VINDR}
 
 
+def mask_beside(image: Path) -> Path | None:
+    """A lesion mask kept beside its image as <stem>_mask.png (the phantom's layout), if any."""
+    mask = image.with_name(f"{image.stem}_mask.png")
+    return mask if mask.is_file() else None
+
+
 def read_phantom_labels(folder: Path) -> list[Breast]:
     """The breasts of a cohort written by `dicomcr phantom` (folder/labels.csv)."""
     folder = Path(folder)
@@ -105,8 +113,9 @@ def read_phantom_labels(folder: Path) -> list[Breast]:
     with open(labels, newline="") as handle:
         for number, row in enumerate(csv.DictReader(handle), start=2):
             try:
+                masks = [folder / row[k] if row.get(k) else None for k in ("cc_mask", "mlo_mask")]
                 breast = Breast(row["patient_id"], row["laterality"], folder / row["cc_image"],
-                                folder / row["mlo_image"], int(row["malignant"]))
+                                folder / row["mlo_image"], int(row["malignant"]), *masks)
             except (KeyError, ValueError) as exc:
                 raise ValueError(f"{labels}:{number}: bad row ({exc})") from exc
             for view in (breast.cc, breast.mlo):
@@ -167,7 +176,9 @@ def read_image_table(table: Path, images: Path, columns: ColumnMap) -> Dataset:
             if len(paths) > 1:
                 problems.append(f"{patient} {side}: {len(paths)} {view} images, using {paths[0].name}")
             chosen[view] = paths[0]
-        breasts.append(Breast(patient, side, chosen["CC"], chosen["MLO"], labels[(patient, side)]))
+        masks = [mask_beside(chosen[v]) for v in ("CC", "MLO")]
+        breasts.append(Breast(patient, side, chosen["CC"], chosen["MLO"], labels[(patient, side)],
+                              *masks))
     if not breasts:
         raise ValueError(f"{table}: no breast with both a CC and an MLO image"
                          + (f" ({problems[0]} ...)" if problems else ""))

@@ -61,6 +61,17 @@ def normalise(pixels: np.ndarray, bits_stored: int, photometric: str,
     return 1.0 - x if photometric == "MONOCHROME1" else x
 
 
+def normalise_image(pixels: np.ndarray, dataset) -> np.ndarray:
+    """`normalise` with what the image's own header says: BitsStored, PhotometricInterpretation
+    and the first VOI window (WindowCenter/WindowWidth) when it has one."""
+    window = None
+    if "WindowCenter" in dataset and "WindowWidth" in dataset:
+        window = (float(np.ravel(dataset.WindowCenter)[0]),
+                  float(np.ravel(dataset.WindowWidth)[0]))
+    return normalise(pixels, int(dataset.BitsStored), str(dataset.PhotometricInterpretation),
+                     window)
+
+
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Area-averaging resize (anti-aliased when shrinking), on the CPU with torch."""
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]

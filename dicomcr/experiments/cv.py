@@ -134,8 +134,9 @@ def fold_identity(plan: ModelPlan, fold: Fold, architecture: str, spec: dict,
 def run_fold(plan: ModelPlan, fold: Fold, keys: list[str], patient_of: list[str],
              inputs: dict[float, np.ndarray], labels: np.ndarray, build: Callable[[], nn.Module],
              options: TrainOptions, identity: str,
-             progress: Callable[[dict], None] | None = None) -> FoldResult:
-    """Train `plan` on the fold's training patients, test it on its test patients at every CR."""
+             progress: Callable[[dict], None] | None = None) -> tuple[FoldResult, nn.Module]:
+    """Train `plan` on the fold's training patients, test it on its test patients at every CR;
+    return the result and the trained network."""
     def rows(patients: frozenset[str]) -> np.ndarray:
         return np.array([i for i, p in enumerate(patient_of) if p in patients], dtype=int)
 
@@ -148,7 +149,7 @@ def run_fold(plan: ModelPlan, fold: Fold, keys: list[str], patient_of: list[str]
                      for c in plan.test_crs}
     return FoldResult(plan.name, fold.index, tuple(keys[i] for i in test),
                       tuple(int(labels[i]) for i in test), probabilities, result.best_epoch,
-                      result.best_validation_auroc, result.history, identity)
+                      result.best_validation_auroc, result.history, identity), result.model
 
 
 class ResultsDir:
@@ -159,6 +160,10 @@ class ResultsDir:
 
     def _path(self, model: str, fold: int) -> Path:
         return self.root / "folds" / model / f"fold{fold}.json"
+
+    def model_path(self, model: str, fold: int) -> Path:
+        """Where the fold's trained network is kept (a .dcmcr model file), for saliency."""
+        return self.root / "folds" / model / f"fold{fold}.dcmcr"
 
     def load(self, model: str, fold: int, identity: str) -> FoldResult | None:
         """The finished fold, or None when absent, unreadable or computed for other inputs."""
@@ -235,11 +240,14 @@ def cross_validate(plans: list[ModelPlan], folds: list[Fold], keys: list[str],
                    build: Callable[[], nn.Module], options: TrainOptions,
                    identity: Callable[[ModelPlan, Fold], str], results: ResultsDir,
                    on_fold: Callable[[ModelPlan, Fold, bool], None] | None = None,
-                   on_epoch: Callable[[dict], None] | None = None) -> list[FoldResult]:
+                   on_epoch: Callable[[dict], None] | None = None,
+                   on_model: Callable[[ModelPlan, FoldResult, nn.Module], None] | None = None
+                   ) -> list[FoldResult]:
     """Every plan on every fold; folds already in `results` with the same identity are loaded.
 
     Each fold trains with seed `options.seed + fold index`, so folds differ and reruns agree.
-    `on_fold(plan, fold, reused)` is called before each fold; `on_epoch` after each epoch."""
+    `on_fold(plan, fold, reused)` is called before each fold; `on_epoch` after each epoch;
+    `on_model(plan, result, network)` with each newly trained network, before its result is kept."""
     out = []
     for plan in plans:
         for fold in folds:
@@ -249,8 +257,10 @@ def cross_validate(plans: list[ModelPlan], folds: list[Fold], keys: list[str],
                 on_fold(plan, fold, done is not None)
             if done is None:
                 fold_options = TrainOptions(**{**asdict(options), "seed": options.seed + fold.index})
-                done = run_fold(plan, fold, keys, patient_of, inputs, labels, build, fold_options,
-                                ident, on_epoch)
+                done, network = run_fold(plan, fold, keys, patient_of, inputs, labels, build,
+                                         fold_options, ident, on_epoch)
+                if on_model:
+                    on_model(plan, done, network)
                 results.save(done)
             out.append(done)
     return out
@@ -263,9 +273,10 @@ def pooled(plan: ModelPlan, results: list[FoldResult], cr: float) -> tuple[np.nd
             np.array([v for r in mine for v in r.probabilities[f"{cr:g}"]]))
 
 
-def write_tables(root: Path, rows: list[Row], results: list[FoldResult], meta: dict) -> None:
+def write_tables(root: Path, rows: list[Row], results: list[FoldResult], meta: dict,
+                 saliency: list | None = None) -> None:
     """RESULTS/results.csv and results.json (the rows and the run's parameters), and
-    predictions.csv (every out-of-fold probability)."""
+    predictions.csv (every out-of-fold probability); saliency.csv when Grad-CAM was scored."""
     import csv
 
     root.mkdir(parents=True, exist_ok=True)
@@ -280,7 +291,13 @@ def write_tables(root: Path, rows: list[Row], results: list[FoldResult], meta: d
     for r in results:
         folds[r.model][str(r.fold)] = {"best_epoch": r.best_epoch,
                                        "validation_auroc": r.validation_auroc}
-    document = {"meta": meta, "rows": [asdict(r) for r in rows], "folds": folds}
+    document = {"meta": meta, "rows": [asdict(r) for r in rows], "folds": folds,
+                "saliency": [asdict(r) for r in saliency or []]}
+    if saliency:
+        with open(root / "saliency.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, list(asdict(saliency[0])))
+            writer.writeheader()
+            writer.writerows(asdict(r) for r in saliency)
     (root / "results.json").write_text(json.dumps(document, indent=1, default=str))
     with open(root / "predictions.csv", "w", newline="") as handle:
         writer = csv.writer(handle)

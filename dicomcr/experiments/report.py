@@ -119,6 +119,16 @@ def write_report(root: Path, target: Path) -> None:
                             (FIG4, "Figure 4: compression as augmentation")):
             if (root / name).exists():
                 parts += [f"<h2>{title}</h2>", _image(root / name, title)]
+    if document.get("saliency"):
+        parts += ["<h2>Grad-CAM against the lesion masks</h2>",
+                  "<p>Malignant breasts with a mask, each scored by its own fold's network at the "
+                  "model's CR: the pointing game (the map's maximum on the lesion, Wilson 95% CI) "
+                  "and the share of the map's energy inside the lesion.</p>",
+                  _table(["model", "breasts", "pointing game (95% CI)", "energy inside"],
+                         [[html.escape(r["model"]), str(r["n"]),
+                           _ci(r["pointing_rate"], r["pointing_low"], r["pointing_high"]),
+                           f"{r['energy_mean']:.3f} ± {r['energy_sd']:.3f}"]
+                          for r in document["saliency"]])]
     parts += ["<h2>Parameters</h2>",
               f"<pre>{html.escape(json.dumps(meta, indent=1, default=str))}</pre>",
               "<p><small>Written by dicomcr report. Research use only; not a medical device."

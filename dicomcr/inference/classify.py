@@ -19,7 +19,14 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
-from ..data.preprocess import Preprocessing, breast_input, normalise, resize_and_crop, split_columns, to_view
+from ..data.preprocess import (
+    Preprocessing,
+    breast_input,
+    normalise_image,
+    resize_and_crop,
+    split_columns,
+    to_view,
+)
 from ..dicom.source import InputError, SourceImage, read_source
 from ..experiments.train import pick_device
 from ..models.modelfile import ModelInfo, load_model
@@ -99,9 +106,6 @@ class Classifier:
         self.preprocessing = Preprocessing.from_dict(self.info.preprocessing)
         self.device = pick_device(device)
         self.network.to(self.device).eval()
-        for module in self.network.modules():  # captum's hooks need out-of-place activations
-            if isinstance(module, nn.ReLU):
-                module.inplace = False
         self.version = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
 
     @property
@@ -118,24 +122,26 @@ class Classifier:
         return self.info
 
     def _input(self, view: View) -> np.ndarray:
-        ds = view.source.dataset
-        window = None
-        if "WindowCenter" in ds and "WindowWidth" in ds:
-            window = (float(np.ravel(ds.WindowCenter)[0]), float(np.ravel(ds.WindowWidth)[0]))
-        image = normalise(view.source.pixels, view.source.bits_stored,
-                          str(ds.PhotometricInterpretation), window)
+        image = normalise_image(view.source.pixels, view.source.dataset)
         return resize_and_crop(image, view.laterality, view.view, self.preprocessing)
 
     def classify(self, files: list[Path], saliency: bool = True) -> StudyResult:
         """Probabilities per breast (and heat maps per view) for the images of one study."""
-        by_side: dict[str, dict[str, View]] = defaultdict(dict)
-        problems, study_uids = [], set()
+        sources, problems = [], []
         for path in files:
             try:
-                source = read_source(Path(path))
+                sources.append(read_source(Path(path)))
             except InputError as exc:  # e.g. a colour Secondary Capture in the study
                 problems.append(f"{path}: {exc}; not classified")
-                continue
+        return self.classify_sources(sources, saliency, problems)
+
+    def classify_sources(self, sources: list[SourceImage], saliency: bool = True,
+                         problems: list[str] | None = None) -> StudyResult:
+        """As `classify`, for images already decoded (e.g. compressed at a CR first)."""
+        by_side: dict[str, dict[str, View]] = defaultdict(dict)
+        problems, study_uids = list(problems or []), set()
+        for source in sources:
+            path = source.path
             study_uids.add(str(source.dataset.StudyInstanceUID))
             found = view_of(source)
             if found is None:
@@ -171,10 +177,17 @@ class Classifier:
         return BreastResult(side, probability, views, missing)
 
     def grad_cam(self, x: torch.Tensor) -> np.ndarray:
-        """Grad-CAM of the malignancy logit at the input's size, scaled to 0..1."""
-        wrapped = _Logit(self.network)
-        cam = LayerGradCam(wrapped, target_layer(self.network)).attribute(x, target=0)
-        cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), "bilinear")
-        cam = torch.relu(cam)[0, 0].detach().float().cpu().numpy()
-        top = float(cam.max())
-        return cam / top if top > 0 else cam
+        return grad_cam(self.network, x)
+
+
+def grad_cam(network: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Grad-CAM of the malignancy logit for one input (1, 1, rows, columns), at the input's
+    size, scaled to 0..1 (captum's LayerGradCam on the last convolution block)."""
+    for module in network.modules():  # captum's hooks need out-of-place activations
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    cam = LayerGradCam(_Logit(network), target_layer(network)).attribute(x, target=0)
+    cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), "bilinear")
+    cam = torch.relu(cam)[0, 0].detach().float().cpu().numpy()
+    top = float(cam.max())
+    return cam / top if top > 0 else cam

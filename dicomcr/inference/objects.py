@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from ..data.preprocess import normalise
+from ..data.preprocess import normalise_image
 from ..dicom.report import BreastFinding, ClassificationReport
 from ..dicom.saliency import SaliencyCapture
 from ..dicom.uids import derived_uid
@@ -26,16 +24,6 @@ class Written:
     sop_class_uid: str
     path: Path
     kind: str  # "sc" or "sr"
-
-
-def display(view) -> np.ndarray:
-    """The view as a radiologist's window shows it (0..1, dense bright), for rendering."""
-    ds = view.source.dataset
-    window = None
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        window = (float(np.ravel(ds.WindowCenter)[0]), float(np.ravel(ds.WindowWidth)[0]))
-    return normalise(view.source.pixels, view.source.bits_stored,
-                     str(ds.PhotometricInterpretation), window)
 
 
 def write_objects(classifier: Classifier, result: StudyResult, input_cr: str, out: Path
@@ -53,7 +41,8 @@ def write_objects(classifier: Classifier, result: StudyResult, input_cr: str, ou
             ds = view.source.dataset
             uid = derived_uid(ds.SOPInstanceUID, "saliency", version)
             sc = SaliencyCapture(
-                source=ds, view=display(view), heat=view.heat, probability=breast.probability,
+                source=ds, view=normalise_image(view.source.pixels, ds), heat=view.heat,
+                probability=breast.probability,
                 model_name=classifier.name, model_version=version,
                 trained_crs=classifier.info.trained_crs, input_cr=input_cr,
                 series_instance_uid=series, sop_instance_uid=uid, instance_number=number)
