@@ -20,6 +20,7 @@ from .uids import check_uid
 
 WARNING = "AI saliency - not for diagnostic use"
 MAX_SIDE = 2048  # the rendering is for looking at, not for reading: larger views are halved
+JET = (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # colour table
 
 
 def render(view: np.ndarray, heat: np.ndarray, lines: list[str], max_side: int = MAX_SIDE
@@ -30,11 +31,11 @@ def render(view: np.ndarray, heat: np.ndarray, lines: list[str], max_side: int =
         raise ValueError(f"view and heat map must be 2-D and of one shape, got {view.shape}, "
                          f"{heat.shape}")
     step = max(1, int(np.ceil(max(view.shape) / max_side)))
-    grey = np.clip(view[::step, ::step], 0, 1)[..., None].repeat(3, axis=2)
-    h = np.clip(heat[::step, ::step], 0, 1)
-    colour = colormaps["jet"](h)[..., :3]
+    grey = np.clip(view[::step, ::step], 0, 1).astype(np.float32)[..., None] * 255
+    h = np.clip(heat[::step, ::step], 0, 1).astype(np.float32)
+    colour = JET[(h * 255).astype(np.uint8)].astype(np.float32)
     alpha = (0.55 * np.clip((h - 0.2) / 0.8, 0, 1))[..., None]
-    rgb = ((1 - alpha) * grey + alpha * colour) * 255
+    rgb = (1 - alpha) * grey + alpha * colour
     image = Image.fromarray(rgb.astype(np.uint8))
     draw = ImageDraw.Draw(image)
     size = max(14, image.width // 45)
