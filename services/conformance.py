@@ -106,6 +106,15 @@ def statement() -> str:
         "Verification is proposed by `dicomcr echo`. A Warning status (0xB000, 0xB006, 0xB007) "
         "counts as stored; any other non-Success status is retried with exponential back-off.",
         "",
+        "With inference configured (a site's `model` or `inference.model`), the node also creates "
+        "and sends, for each study, one Secondary Capture Image (1.2.840.10008.5.1.4.1.1.7, RGB, "
+        "Explicit VR Little Endian) per classified view, with the Grad-CAM map and 'AI saliency - "
+        "not for diagnostic use' burned in, and one Comprehensive SR (1.2.840.10008.5.1.4.1.1.88.33,"
+        " TID 1500 Measurement Report) with the probability of cancer (DCM 111047) per breast and "
+        "for the study; both in the study of the images, in new series, with Contributing "
+        "Equipment naming the model. They go to `inference.send_to`, else to `forward.to`, with "
+        "the same retries.",
+        "",
         "## 3. Communication profiles",
         "",
         "TCP/IP, on the host and port of `node.host` and `node.port` (default 127.0.0.1:11112).",
