@@ -720,3 +720,117 @@ def saliency(
         table.add_row(model, f"{c:g}", side, f"{value:.3f}")
     Console().print(table)
     console.print(f"{len(result.written)} DICOM objects under {out}; figure: {result.figure}")
+
+
+@app.command()
+def audit(
+    folders: Annotated[list[Path] | None, typer.Argument(help="DICOM folders to audit.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="The node's configuration: its "
+                                                "sites, job store and storage are audited.")] = None,
+    site_map: Annotated[Path | None, typer.Option(help="CSV with columns folder,site[,guideline]"
+                                                  " naming the site of each folder.")] = None,
+    results: Annotated[Path | None, typer.Option(help="A `dicomcr cv --cross` results folder "
+                                                 "(or its results.json) for the deployed model.")
+                       ] = None,
+    model: Annotated[Path | None, typer.Option(help="The deployed model, for folder sites (node "
+                                               "sites use their configured model).")] = None,
+    guideline: Annotated[str | None, typer.Option(help="Judge every site against this guideline "
+                                                  "key (UK, DE, CA); default: against all.")] = None,
+    guidelines: Annotated[Path | None, typer.Option(help="Your own guideline table (CSV: key, "
+                                                    "body, modality, max_cr, source).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the audit as JSON.")] = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Write the audit as HTML.")] = None,
+    fail_on: Annotated[str | None, typer.Option(help="Exit 1 when a site shows a 'violation' "
+                                                "(guideline or DICOM rules) or 'degraded' model.")
+                       ] = None,
+) -> None:
+    """Audit the compression of every site: achieved CRs, DICOM rules, guidelines, the model."""
+    import json
+
+    from dicomcr.audit.audit import audit_sites, folder_images, load_guidelines, node_images
+    from dicomcr.audit.report import to_json, write_html
+    from dicomcr.config import ConfigError, load_config
+    from dicomcr.models.modelfile import ModelFileError, load_model
+
+    if fail_on not in (None, "violation", "degraded"):
+        fail(f"--fail-on takes violation or degraded, got {fail_on!r}")
+    if not folders and config is None:
+        fail("nothing to audit: give DICOM folders and/or --config node.yaml")
+    problems: list[str] = []
+    try:
+        table = load_guidelines(guidelines)
+        if guideline and guideline not in {g.key for g in table}:
+            fail(f"no guideline {guideline!r}; the table has {', '.join(g.key for g in table)}")
+        files, configured, models, keys = {}, {}, {}, {}
+        deployed = load_model(model)[1].__dict__ if model else None
+        if config is not None:
+            node = load_config(config)
+            found, said = node_images(node)
+            files.update(found)
+            problems += said
+            default_model = node.inference.model if node.inference else None
+            for site in node.sites:
+                configured[site.name] = f"{site.cr:g}" if isinstance(site.cr, float) else site.cr
+                path = site.model or default_model
+                models[site.name] = load_model(path)[1].__dict__ if path else deployed
+        mapped: dict[str, str] = {}
+        if folders:
+            found, said, mapped = folder_images(folders, site_map)
+            problems += said
+            for site, paths in found.items():
+                files.setdefault(site, []).extend(paths)
+                models.setdefault(site, deployed)
+        for site in set(files) | set(configured):
+            keys[site] = mapped.get(site, guideline)
+            if keys[site] and keys[site] not in {g.key for g in table}:
+                problems.append(f"site {site}: no guideline {keys[site]!r}; judged against all")
+                keys[site] = None
+    except (ValueError, ConfigError, ModelFileError) as exc:
+        fail(str(exc))
+    document = None
+    if results is not None:
+        path = results / "results.json" if results.is_dir() else results
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            problems.append(f"--results {path}: not readable ({exc}); no model verdicts")
+    audits = audit_sites(files, configured, table, keys, document, models)
+
+    view = Table(title="Compression audit")
+    for name in ("site", "images (studies)", "CR configured", "CR achieved min/median/max",
+                 "syntaxes", "rule breaks", "guidelines", "model at the site's CR"):
+        view.add_column(name, overflow="fold")
+    for a in audits:
+        summary = a.achieved_summary
+        verdict = a.model
+        model_text = verdict.status if verdict else "-"
+        if verdict and verdict.at_site and verdict.at_cr1:
+            model_text += (f": AUROC {verdict.at_site['auroc']:.3f} at CR "
+                           f"{verdict.at_site['test_cr']:g} vs {verdict.at_cr1['auroc']:.3f} at 1")
+        elif verdict and verdict.note:
+            model_text += f" ({verdict.note})"
+        colour = "red" if a.guideline_status == "violation" or a.breaks else "green"
+        view.add_row(a.site, f"{a.images} ({a.studies})", a.configured_cr or "-",
+                     " / ".join(f"{v:.1f}" for v in summary) if summary else "-",
+                     ", ".join(f"{k} ({v})" for k, v in sorted(a.syntaxes.items())),
+                     f"[{colour}]{len(a.breaks)}[/]" + (f", {len(a.unreadable)} unreadable"
+                                                        if a.unreadable else ""),
+                     f"[{colour}]{a.guideline_status or '-'}[/] {a.guideline_text}", model_text)
+    Console().print(view)
+    for a in audits:
+        for file, what in a.breaks[:20]:
+            console.print(f"{a.site}: {file}: {what}", markup=False, highlight=False)
+        for file, what in a.unreadable[:20]:
+            console.print(f"{a.site}: {file}: unreadable: {what}", markup=False, highlight=False)
+    for line in problems:
+        console.print(f"[yellow]{line}[/]")
+    if json_out is not None:
+        json_out.write_text(json.dumps(to_json(audits, problems, table), indent=1, default=str))
+        console.print(f"json: {json_out}")
+    if html_out is not None:
+        write_html(audits, problems, table, html_out)
+        console.print(f"html: {html_out}")
+    violated = any(a.guideline_status == "violation" or a.breaks for a in audits)
+    degraded = any(a.model and a.model.status == "degraded" for a in audits)
+    if (fail_on == "violation" and violated) or (fail_on == "degraded" and degraded):
+        raise typer.Exit(code=1)

@@ -1,0 +1,236 @@
+"""The compression audit: per site, what was sent and archived, against the rules, the guidelines
+and the deployed model's cross-CR results.
+
+Images come from the node (its job store and storage: what each site's policy produced) and/or
+DICOM folders attributed to sites by a site map. Every verdict is a function of the files, the
+guideline table (data: dicomcr/audit/guidelines.csv, or your own) and a `dicomcr cv --cross`
+results.json. Bad items are reported per item; the audit completes for the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .facts import ImageFacts, UnreadableFile, read_facts, rule_breaks
+
+GUIDELINES = Path(__file__).with_name("guidelines.csv")
+TOLERANCE = 0.02  # an exact-CR transcoder lands within 2 % of its target
+
+
+@dataclass(frozen=True)
+class Guideline:
+    """One society's recommended maximum CR for a modality, with where it comes from."""
+
+    key: str
+    body: str
+    modality: str
+    max_cr: float
+    source: str
+
+
+def load_guidelines(path: Path | None = None) -> list[Guideline]:
+    """The guideline table (CSV: key, body, modality, max_cr, source)."""
+    path = Path(path or GUIDELINES)
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        table = [Guideline(r["key"], r["body"], r["modality"], float(r["max_cr"]), r["source"])
+                 for r in rows]
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: not a guideline table with key, body, modality, max_cr, source "
+                         f"({exc})") from exc
+    if not table:
+        raise ValueError(f"{path}: the guideline table is empty")
+    return table
+
+
+@dataclass
+class ModelVerdict:
+    """The deployed model at a site's CR, next to CR 1, from cross-CR results."""
+
+    status: str  # OK, degraded, not validated, no results, other model
+    model: str = ""
+    site_cr: float | None = None
+    at_site: dict | None = None  # a results row: auroc, auroc_low, ... at the site's CR
+    at_cr1: dict | None = None
+    note: str = ""
+    curve: list[dict] = field(default_factory=list)  # the model's rows at every test CR
+
+
+@dataclass
+class SiteAudit:
+    site: str
+    configured_cr: str | None
+    images: int = 0
+    studies: int = 0
+    syntaxes: dict[str, int] = field(default_factory=dict)
+    achieved: list[float] = field(default_factory=list)
+    histories: dict[str, int] = field(default_factory=dict)
+    breaks: list[tuple[str, str]] = field(default_factory=list)  # (file, what it breaks)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    guideline_status: str = ""  # within, violation
+    guideline_text: str = ""
+    model: ModelVerdict | None = None
+
+    @property
+    def achieved_summary(self) -> tuple[float, float, float] | None:
+        if not self.achieved:
+            return None
+        return min(self.achieved), statistics.median(self.achieved), max(self.achieved)
+
+
+def guideline_verdict(max_cr: float, guidelines: list[Guideline], key: str | None
+                      ) -> tuple[str, str]:
+    """(within | violation, text) for the highest CR a site stores. With `key`, against that
+    guideline; without, against every row (a violation only above all of them)."""
+    chosen = [g for g in guidelines if g.key == key] if key else guidelines
+    if key and not chosen:
+        raise ValueError(f"no guideline {key!r}; the table has {', '.join(g.key for g in guidelines)}")
+    above = [g for g in chosen if max_cr > g.max_cr * (1 + TOLERANCE)]
+    parts = [f"{'above' if g in above else 'within'} {g.key} {g.max_cr:g}" for g in chosen]
+    status = "violation" if len(above) == len(chosen) else "within"
+    return status, f"max CR {max_cr:.1f}: " + ", ".join(parts)
+
+
+def model_verdict(results: dict | None, model: dict | None, site_cr: float | None) -> ModelVerdict:
+    """OK, degraded (the CI at the site's CR lies wholly below CR 1's) or not validated.
+
+    `results`: a results.json of `dicomcr cv --cross`; `model`: the deployed model's metadata
+    (architecture, trained_crs, preprocessing)."""
+    if results is None or model is None:
+        return ModelVerdict("no results", note="no --results or no deployed model to judge")
+    from ..experiments.cv import model_name
+
+    name = model_name(tuple(float(c) for c in model["trained_crs"]))
+    meta = results.get("meta", {})
+    if meta.get("architecture") != model.get("architecture") or \
+            meta.get("preprocessing") != model.get("preprocessing"):
+        return ModelVerdict("other model", name, note=(
+            f"the results are for {meta.get('architecture')} with other preprocessing or "
+            f"architecture than the deployed {model.get('architecture')}"))
+    curve = sorted((r for r in results.get("rows", []) if r.get("model") == name),
+                   key=lambda r: r["test_cr"])
+    if not curve:
+        return ModelVerdict("other model", name, note=f"the results hold no {name}")
+    if site_cr is None:
+        return ModelVerdict("not validated", name, note="the site stores no lossy CR to judge",
+                            curve=curve)
+    at_site = next((r for r in curve if abs(r["test_cr"] - site_cr) <= TOLERANCE * site_cr), None)
+    at_cr1 = next((r for r in curve if r["test_cr"] == 1.0), None)
+    if at_site is None or at_cr1 is None:
+        tested = ", ".join(f"{r['test_cr']:g}" for r in curve)
+        return ModelVerdict("not validated", name, site_cr, at_site, at_cr1,
+                            f"{name} was tested at CR {tested}", curve)
+    degraded = at_site["auroc_high"] < at_cr1["auroc_low"]
+    return ModelVerdict("degraded" if degraded else "OK", name, site_cr, at_site, at_cr1,
+                        curve=curve)
+
+
+def node_images(config) -> tuple[dict[str, list[Path]], list[str]]:
+    """{site: image files the node produced for it} from its job store, and problems."""
+    from ..config import Config
+
+    assert isinstance(config, Config)
+    store = Path(config.node.storage) / "jobs.sqlite"
+    if not store.is_file():
+        return {}, [f"{store}: no job store (has the node run with this configuration?)"]
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT site, outputs FROM instances WHERE policy != 'derived' AND "
+                          "state IN ('transcoded', 'done')").fetchall()
+    finally:
+        db.close()
+    out: dict[str, list[Path]] = defaultdict(list)
+    for site, outputs in rows:
+        out[site] += [Path(p) for p in json.loads(outputs)]
+    return dict(out), []
+
+
+def folder_images(folders: list[Path], site_map: Path | None
+                  ) -> tuple[dict[str, list[Path]], list[str], dict[str, str]]:
+    """{site: files} of DICOM folders, problems, and {site: guideline key} where the site map
+    names one. The site map (CSV folder,site[,guideline]) names the folders' sites, else the
+    folder's own name is the site (said)."""
+    from ..transcode import find_inputs
+
+    named: dict[Path, str] = {}
+    keys: dict[str, str] = {}
+    problems = []
+    if site_map is not None:
+        try:
+            with open(site_map, newline="") as handle:
+                for number, row in enumerate(csv.DictReader(handle), start=2):
+                    if not row.get("folder") or not row.get("site"):
+                        problems.append(f"{site_map}:{number}: needs folder and site; skipped")
+                        continue
+                    named[Path(row["folder"]).resolve()] = row["site"]
+                    if row.get("guideline"):
+                        keys[row["site"]] = row["guideline"]
+        except OSError as exc:
+            raise ValueError(f"--site-map {site_map}: cannot read ({exc.strerror})") from exc
+    out: dict[str, list[Path]] = defaultdict(list)
+    for folder in folders:
+        site = named.get(Path(folder).resolve())
+        if site is None:
+            site = Path(folder).resolve().name
+            problems.append(f"{folder}: not in the site map; audited as site {site!r}")
+        try:
+            out[site] += [path for path, _ in find_inputs(folder)]
+        except FileNotFoundError as exc:
+            problems.append(f"{folder}: {exc}")
+    for folder in set(named) - {Path(f).resolve() for f in folders}:
+        problems.append(f"site map names {folder} ({named[folder]}), which was not given")
+    return dict(out), problems, keys
+
+
+def audit_sites(files: dict[str, list[Path]], configured: dict[str, str | None],
+                guidelines: list[Guideline], guideline_key: dict[str, str | None],
+                results: dict | None, models: dict[str, dict | None]) -> list[SiteAudit]:
+    """Every site's audit. `configured`: the node's CR per site; `models`: each site's deployed
+    model metadata."""
+    facts: dict[str, list[ImageFacts]] = {}
+    audits = {}
+    for site in sorted(set(files) | set(configured)):
+        audit = audits[site] = SiteAudit(site, configured.get(site))
+        facts[site] = []
+        for path in files.get(site, []):
+            try:
+                facts[site].append(read_facts(path))
+            except UnreadableFile as exc:
+                audit.unreadable.append((str(path), str(exc)))
+    originals = {f.sop_instance_uid for items in facts.values() for f in items if not f.lossy}
+    for site, audit in audits.items():
+        items = facts[site]
+        audit.images = len(items)
+        audit.studies = len({f.study_uid for f in items})
+        for f in items:
+            audit.syntaxes[f.transfer_syntax] = audit.syntaxes.get(f.transfer_syntax, 0) + 1
+            audit.achieved.append(f.achieved_cr)
+            if f.ratios:
+                history = "\\".join(f"{r:g}" for r in f.ratios)
+                audit.histories[history] = audit.histories.get(history, 0) + 1
+            audit.breaks += [(str(f.path), b) for b in rule_breaks(f, originals)]
+        summary = audit.achieved_summary
+        if summary is not None:
+            audit.guideline_status, audit.guideline_text = guideline_verdict(
+                summary[2], guidelines, guideline_key.get(site))
+        lossy = [f.achieved_cr for f in items if f.lossy]
+        site_cr = _site_cr(audit.configured_cr, lossy)
+        audit.model = model_verdict(results, models.get(site), site_cr)
+    return list(audits.values())
+
+
+def _site_cr(configured: str | None, lossy: list[float]) -> float | None:
+    """The CR a site's images are held at: the configured one, else the median achieved."""
+    if configured is not None:
+        try:
+            return float(configured)
+        except ValueError:  # lossless or pass-through: judged by what arrived
+            pass
+    return statistics.median(lossy) if lossy else None

@@ -1,0 +1,144 @@
+"""The compression audit: sites built through the node, broken folders, and model verdicts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+import torch
+from test_node import MG_A, MG_B, NodeProcess, _study, storescu
+from typer.testing import CliRunner
+
+from dicomcr.audit.audit import guideline_verdict, load_guidelines, model_verdict
+from dicomcr.cli import app
+from dicomcr.models import CNN3, CNN3Spec
+from dicomcr.models.modelfile import ModelInfo, save_model
+
+runner = CliRunner()
+J2K = "1.2.840.10008.1.2.4.91"
+PREPROCESSING = {"scale": 0.3, "crop_fraction_y": 0.2, "input_size": [64, 64],
+                 "mirror_right": True}
+
+
+def _row(cr: float, auroc: float, low: float, high: float) -> dict:
+    return {"model": "M-CR20", "train_crs": "20", "test_cr": cr, "n": 100, "positives": 20,
+            "auroc": auroc, "auroc_low": low, "auroc_high": high, "auprc": 0.5,
+            "auprc_low": 0.4, "auprc_high": 0.6, "fold_auroc_mean": auroc, "fold_auroc_sd": 0.01,
+            "fold_auprc_mean": 0.5, "fold_auprc_sd": 0.02}
+
+
+def _results(folder: Path, architecture: str = "cnn3") -> Path:
+    """A cross-CR results folder as `dicomcr cv --cross` writes it (the numbers chosen)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps({
+        "meta": {"architecture": architecture, "preprocessing": PREPROCESSING},
+        "rows": [_row(1, 0.86, 0.82, 0.90), _row(20, 0.85, 0.81, 0.89),
+                 _row(100, 0.70, 0.65, 0.75)]}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    spec = CNN3Spec(channels=(4, 8, 8), hidden=(16, 8), input_size=(64, 64))
+    path = tmp_path_factory.mktemp("model") / "deployed.dcmcr"
+    save_model(CNN3(spec), ModelInfo(architecture="cnn3", spec=spec.as_dict(),
+                                     preprocessing=PREPROCESSING, trained_crs=[20.0],
+                                     data_fingerprint="x"), path)
+    return path
+
+
+def test_verdicts_on_known_inputs(tmp_path: Path) -> None:
+    table = load_guidelines()
+    assert [(g.key, g.max_cr) for g in table] == [("UK", 15), ("DE", 20), ("CA", 25)]
+    assert guideline_verdict(20.2, table, None)[0] == "within"  # above UK only
+    assert guideline_verdict(20.2, table, "DE")[0] == "within"  # 2 % tolerance
+    assert guideline_verdict(20.2, table, "UK") == ("violation", "max CR 20.2: above UK 15")
+    assert guideline_verdict(26, table, None)[0] == "violation"
+    results = json.loads((_results(tmp_path) / "results.json").read_text())
+    deployed = {"architecture": "cnn3", "preprocessing": PREPROCESSING, "trained_crs": [20.0]}
+    assert model_verdict(results, deployed, 20.1).status == "OK"
+    assert model_verdict(results, deployed, 100).status == "degraded"  # 0.75 < 0.82
+    assert model_verdict(results, deployed, 500).status == "not validated"
+    assert model_verdict(results, {**deployed, "architecture": "resnet18"}, 20).status == \
+        "other model"
+    assert model_verdict(results, {**deployed, "trained_crs": [15.0]}, 20).status == "other model"
+
+
+def test_audit_of_node_sites_and_a_broken_folder(small_cohort: Path, model: Path,
+                                                 tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "node", {"folder": str(tmp_path / "archive")})
+    try:
+        assert storescu(node.port, MG_A, *_study(small_cohort, 0)).returncode == 0
+        assert storescu(node.port, MG_B, *_study(small_cohort, 1)).returncode == 0
+        deadline = time.monotonic() + 90
+        while len(list((tmp_path / "archive").rglob("*.dcm"))) < 8:
+            assert time.monotonic() < deadline, "the node did not archive 8 images"
+            time.sleep(0.25)
+    finally:
+        assert node.terminate() == 0
+
+    # A folder of images with deliberately broken attributes, and one original.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    archived = sorted((tmp_path / "archive").rglob("*.dcm"))
+    lossy = [p for p in archived
+             if float(pydicom.dcmread(p)["LossyImageCompressionRatio"].value) < 50]
+    original = _study(small_cohort, 0)[0]
+    shutil.copy(original, broken / "original.dcm")
+    cases = {"no_flag.dcm": "LossyImageCompression", "no_ratio.dcm": "LossyImageCompressionRatio"}
+    for name, attribute in cases.items():
+        ds = pydicom.dcmread(lossy[0])
+        delattr(ds, attribute)
+        ds.save_as(broken / name, enforce_file_format=True)
+    ds = pydicom.dcmread(lossy[1])
+    ds.SOPInstanceUID = pydicom.dcmread(original).SOPInstanceUID  # kept the original's UID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(broken / "same_uid.dcm", enforce_file_format=True)
+    (broken / "garbage.dcm").write_bytes(b"DICM" * 10)
+    site_map = tmp_path / "sites.csv"
+    site_map.write_text(f"folder,site,guideline\n{broken},outside-clinic,DE\n")
+
+    out = tmp_path / "audit.json"
+    result = runner.invoke(app, ["audit", str(broken), "--config", str(node.config),
+                                 "--site-map", str(site_map), "--results",
+                                 str(_results(tmp_path / "cv")), "--model", str(model),
+                                 "--json", str(out), "--html", str(tmp_path / "audit.html")])
+    assert result.exit_code == 0, result.output
+    sites = {s["site"]: s for s in json.loads(out.read_text())["sites"]}
+    a, b, outside = sites["hospital-a"], sites["hospital-b"], sites["outside-clinic"]
+    assert (a["images"], a["studies"], a["configured_cr"]) == (4, 1, "20")
+    assert a["syntaxes"] == {J2K: 4} and a["breaks"] == []
+    assert a["achieved"]["median"] == pytest.approx(20, rel=0.02)
+    assert sum(a["histories"].values()) == 4 and all(
+        abs(float(k.split("\\")[-1]) - 20) < 0.4 for k in a["histories"])  # the achieved ratio
+    assert a["guideline_status"] == "within" and "above UK 15" in a["guideline_text"]
+    assert a["model"]["status"] == "OK"
+    assert b["achieved"]["median"] == pytest.approx(100, rel=0.02)
+    assert b["guideline_status"] == "violation" and b["model"]["status"] == "degraded"
+    said = {(Path(f).name, what) for f, what in outside["breaks"]}
+    assert ("no_flag.dcm", f"lossy transfer syntax {J2K} without Lossy Image Compression "
+            "(0028,2110) = 01") in said
+    assert ("no_ratio.dcm", "lossy, but no Lossy Image Compression Ratio (0028,2112)") in said
+    assert ("same_uid.dcm", "a lossy image that kept its original SOP Instance UID") in said
+    assert not any(name == "original.dcm" for name, _ in said)
+    assert [Path(f).name for f, _ in outside["unreadable"]] == ["garbage.dcm"]
+    assert outside["images"] == 4 and outside["guideline_status"] == "within"  # against DE 20
+    page = (tmp_path / "audit.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "hospital-b" in page
+
+    for flag, code in (("violation", 1), ("degraded", 1)):
+        again = runner.invoke(app, ["audit", "--config", str(node.config), "--model", str(model),
+                                    "--results", str(tmp_path / "cv"), "--fail-on", flag])
+        assert again.exit_code == code, again.output
+    other = runner.invoke(app, ["audit", "--config", str(node.config), "--model", str(model),
+                                "--results", str(_results(tmp_path / "cv2", "resnet18")),
+                                "--json", str(out), "--fail-on", "degraded"])
+    assert other.exit_code == 0, other.output  # no verdict from another model's results
+    assert {s["model"]["status"] for s in json.loads(out.read_text())["sites"]} == {"other model"}
+    bad = runner.invoke(app, ["audit"])
+    assert bad.exit_code == 2 and "nothing to audit" in bad.output
