@@ -1,0 +1,54 @@
+"""deploy/: the example configurations load, the systemd unit and the compose file are accepted."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dicomcr.config import load_config
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+@pytest.mark.parametrize("name", ["node.yaml", "compose-node.yaml"])
+def test_the_example_configurations_load(name: str) -> None:
+    config = load_config(DEPLOY / name)
+    assert config.node.port == 11112 and config.forward.to in config.destinations
+
+
+def test_the_systemd_unit_is_accepted(tmp_path: Path) -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed here")
+    # The unit names the installed path; point it at this checkout's console script to verify.
+    unit = (DEPLOY / "dicomcr.service").read_text()
+    assert "ExecStart=/opt/dicomcr/.venv/bin/dicomcr serve --config /etc/dicomcr/node.yaml" in unit
+    here = Path(sys.executable).with_name("dicomcr")
+    (tmp_path / "dicomcr.service").write_text(unit.replace("/opt/dicomcr/.venv/bin/dicomcr",
+                                                           str(here)))
+    run = subprocess.run([tool, "verify", str(tmp_path / "dicomcr.service")],
+                         capture_output=True, text=True, timeout=60)
+    complaints = [line for line in (run.stdout + run.stderr).splitlines()
+                  if "dicomcr.service" in line]
+    assert run.returncode == 0 and complaints == [], run.stdout + run.stderr
+
+
+def test_the_compose_file(tmp_path: Path) -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert set(compose["services"]) == {"orthanc", "dicomcr"}
+    build = compose["services"]["dicomcr"]["build"]
+    assert (DEPLOY / build["context"] / build["dockerfile"]).is_file()
+    mounted = compose["services"]["dicomcr"]["volumes"][0].split(":")[0]
+    assert (DEPLOY / mounted).is_file()
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True,
+                                        timeout=60).returncode != 0:
+        pytest.skip("the docker compose plugin is not installed here")
+    run = subprocess.run([docker, "compose", "-f", str(DEPLOY / "compose.yaml"), "config"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
