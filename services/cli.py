@@ -88,5 +88,79 @@ def conformance(
         console.print(f"wrote {out}")
 
 
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Argument(help="Working folder (reused: a model already there "
+                                                "is not trained again).")] = Path("dicomcr-demo"),
+    studies: Annotated[int, typer.Option(help="Full-size studies to send through the node.")] = 4,
+    train_studies: Annotated[int, typer.Option(help="Small phantom studies the quick model "
+                                                    "trains on.")] = 80,
+    epochs: Annotated[int, typer.Option(help="Epochs of the quick model.")] = 8,
+) -> None:
+    """The whole product on built-in defaults: phantom, model, Orthanc, the node, a summary."""
+    import contextlib
+    import sys
+    import time
+
+    from .demo import run_demo
+
+    @contextlib.contextmanager
+    def step(label: str):
+        start = time.monotonic()
+        with console.status(f"[bold]{label}[/] ..."):
+            yield
+        console.print(f"[green]done[/] {label} ({time.monotonic() - start:.0f} s)")
+
+    def show(summary) -> None:
+        _demo_summary(summary)
+        if summary.destination.startswith("http") and sys.stdin.isatty():
+            console.print(f"Orthanc stays up at {summary.destination}: press Ctrl-C to stop it.")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(1)
+
+    if studies < 1 or train_studies < 10 or epochs < 1:
+        fail("--studies >= 1, --train-studies >= 10 and --epochs >= 1 are required")
+    try:
+        run_demo(folder, step, studies, train_studies, epochs, show)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: servers stopped[/]")
+        raise typer.Exit(code=130) from None
+    except (RuntimeError, OSError, ValueError) as exc:
+        fail(f"the demo stopped: {exc}")
+
+
+def _demo_summary(summary) -> None:
+    from .demo import audit_rows
+
+    out = Console()
+    for note in summary.notes:
+        console.print(f"[yellow]{note}[/]")
+    table = Table(title="dicomcr demo", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("folder", str(summary.folder))
+    table.add_row("PACS", summary.destination)
+    table.add_row("arrived", ", ".join(f"{v} {k}" for k, v in sorted(summary.arrived.items())))
+    for patient, values in sorted(summary.probabilities.items()):
+        table.add_row(f"P(malignant) {patient}", ", ".join(
+            f"{k} {v:.3f}" for k, v in sorted(values.items())))
+    table.add_row("saliency PNGs", f"{len(summary.pngs)} in {summary.folder / 'saliency'}")
+    table.add_row("node config", str(summary.config))
+    out.print(table)
+    audit = Table(title=f"Audit of the demo's sites (dicomcr audit --config {summary.config})")
+    for name in ("site", "images", "CR configured", "CR achieved min/median/max", "rule breaks",
+                 "guidelines"):
+        audit.add_column(name, overflow="fold")
+    for a in audit_rows(summary.config):
+        achieved = a.achieved_summary
+        audit.add_row(a.site, str(a.images), a.configured_cr or "-",
+                      " / ".join(f"{v:.1f}" for v in achieved) if achieved else "-",
+                      str(len(a.breaks)), f"{a.guideline_status}: {a.guideline_text}")
+    out.print(audit)
+    console.print("The probabilities come from a quick model on a phantom: they show the "
+                  "plumbing, not a diagnosis. Not for diagnostic use.")
+
+
 if __name__ == "__main__":
     app(prog_name="dicomcr")

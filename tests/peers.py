@@ -13,6 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from services.orthanc import LocalOrthanc, PeerError, free_port
+from services.orthanc import stop_process as stop
+from services.orthanc import wait_for_port as _wait_for_port
+
+__all__ = ["free_port", "stop"]
+
 APT_PACKAGE = {
     "dciodvfy": "dicom3tools",
     "gdcminfo": "libgdcm-tools",
@@ -49,42 +55,12 @@ def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 15.0) -> None:
     """Block until something accepts connections on 127.0.0.1:port, or fail saying why."""
-    import socket
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            out = process.stdout.read() if process.stdout else ""
-            pytest.fail(f"{process.args[0]} exited with {process.returncode}: {out}")
-        with socket.socket() as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    process.kill()
-    pytest.fail(f"{process.args[0]} did not listen on port {port} within {timeout} s")
-
-
-def stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
-    """SIGTERM a peer, SIGKILL it if it has not exited within `timeout`."""
-    process.terminate()
     try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        _wait_for_port(port, process, timeout)
+    except PeerError as exc:
+        pytest.fail(str(exc))
 
 
 class StoreSCP:
@@ -107,38 +83,14 @@ class StoreSCP:
         stop(self.process)
 
 
-class Orthanc:
+class Orthanc(LocalOrthanc):
     """Orthanc as the PACS: its own folder, DICOM and HTTP on free loopback ports, no plugins."""
 
     def __init__(self, folder: Path, aet: str = "ORTHANC", dicom_port: int | None = None) -> None:
-        import json
-
-        self.folder, self.aet = folder, aet
-        self.dicom_port = dicom_port or free_port()
-        self.http_port = free_port()
-        folder.mkdir(parents=True, exist_ok=True)
-        config = folder / "orthanc.json"
-        config.write_text(json.dumps({
-            "Name": "dicomcr-test", "StorageDirectory": str(folder / "db"),
-            "IndexDirectory": str(folder / "db"), "DicomAet": aet, "DicomPort": self.dicom_port,
-            "HttpPort": self.http_port, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
-        }))
-        self.process = subprocess.Popen([require("Orthanc"), str(config)], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)
-        wait_for_port(self.http_port, self.process)
-        wait_for_port(self.dicom_port, self.process)
-
-    def get(self, path: str, text: bool = False, raw: bool = False):
-        """Orthanc's REST API: JSON by default, `text` for a string, `raw` for the bytes."""
-        import json
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
-            body = r.read()
-        if raw:
-            return body
-        return body.decode() if text else json.loads(body)
+        try:
+            super().__init__(folder, require("Orthanc"), aet, dicom_port)
+        except PeerError as exc:
+            pytest.fail(str(exc))
 
     def instances(self) -> list[dict]:
         """Every stored instance: its simplified tags plus its transfer syntax."""
@@ -159,6 +111,3 @@ class Orthanc:
                 return self.instances()
             time.sleep(0.25)
         pytest.fail(f"Orthanc holds {len(self.get('/instances'))} instances, {count} expected")
-
-    def stop(self) -> None:
-        stop(self.process)

@@ -1,0 +1,211 @@
+"""`dicomcr demo`: the whole product on embedded defaults, in one folder, in a few minutes.
+
+A small phantom cohort trains a quick CNN3 at CR 20 (reused when the folder has one); Orthanc is
+started on free loopback ports as the PACS (else a local archive folder, said plainly); the node
+serves two sites at different CRs with inference; four full-size phantom studies are sent with
+the library's C-STORE SCU; the demo waits until everything is transcoded, classified and
+forwarded, then summarises: what arrived where, achieved CRs, probabilities, saliency PNGs, the
+audit. Servers are stopped on exit and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+
+from dicomcr.config import Config
+from dicomcr.dicom.report import read_probabilities
+from dicomcr.net.scu import Peer, send
+
+from .node import Node
+from .orthanc import LocalOrthanc, PeerError, find_orthanc, free_port
+
+SITES = (("hospital-a", "MG_A", 20.0), ("hospital-b", "MG_B", 100.0))
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
+
+
+@dataclass
+class DemoSummary:
+    folder: Path
+    destination: str  # the Orthanc web address, or the archive folder
+    arrived: dict[str, int] = field(default_factory=dict)  # what the destination holds, by kind
+    probabilities: dict[str, dict[str, float]] = field(default_factory=dict)  # patient -> breast
+    pngs: list[Path] = field(default_factory=list)
+    config: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+Step = Callable[[str], contextlib.AbstractContextManager]
+
+
+def _train_model(folder: Path, step: Step, train_studies: int, epochs: int) -> Path:
+    """A quick CNN3 at CR 20 on a small phantom cohort (reused when already there)."""
+    from typer.testing import CliRunner
+
+    from dicomcr.cli import app
+    from dicomcr.phantom import CohortSpec, write_cohort
+
+    model = folder / "models" / "cnn3-cr20.dcmcr"
+    if model.is_file():
+        return model
+    cohort = folder / "training-cohort"
+    if not (cohort / "labels.csv").is_file():
+        with step(f"phantom: {train_studies} small studies to train on"):
+            write_cohort(CohortSpec(n_studies=train_studies, seed=7, size="small"), cohort,
+                         workers=2)
+    model.parent.mkdir(parents=True, exist_ok=True)
+    with step(f"train: CNN3 at CR 20, {epochs} epochs"):
+        result = CliRunner().invoke(app, ["train", str(cohort), "--cr", "20", "--epochs",
+                                          str(epochs), "--out", str(model)])
+    if result.exit_code != 0:
+        raise RuntimeError(f"training the demo model failed:\n{result.output}")
+    return model
+
+
+def _config(folder: Path, model: Path, destination: dict) -> Config:
+    return Config.model_validate({
+        "node": {"ae_title": "DICOMCR", "host": "127.0.0.1", "port": free_port(),
+                 "storage": str(folder / "node"), "http_port": free_port(), "workers": 2,
+                 "stable_seconds": 5},
+        "sites": [{"name": name, "calling_ae": [ae], "cr": cr, "model": str(model)}
+                  for name, ae, cr in SITES],
+        "destinations": {"pacs": destination},
+        "forward": {"to": "pacs", "retry_initial_seconds": 0.5, "retry_max_seconds": 5},
+    })
+
+
+@contextlib.contextmanager
+def _running(config: Config) -> Iterator[Node]:
+    node = Node(config)
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def run_demo(folder: Path, step: Step, studies: int = 4, train_studies: int = 80,
+             epochs: int = 8, on_summary: Callable[[DemoSummary], None] | None = None
+             ) -> DemoSummary:
+    """The demo, start to end; `step(label)` wraps each long step (progress). `on_summary` is
+    called while Orthanc still runs (to show it, or to wait for the user); then all stops."""
+    from dicomcr.phantom import CohortSpec, write_cohort
+
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    model = _train_model(folder, step, train_studies, epochs)
+    send_cohort = folder / "studies"
+    if not (send_cohort / "labels.csv").is_file():
+        with step(f"phantom: {studies} full-size studies to send"):
+            write_cohort(CohortSpec(n_studies=studies, seed=11, size="full"), send_cohort,
+                         workers=2)
+    orthanc = None
+    binary = find_orthanc()
+    notes = []
+    if binary:
+        with step("Orthanc: starting the PACS on loopback"):
+            orthanc = LocalOrthanc(folder / "orthanc", binary)
+        destination = {"host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.aet}
+    else:
+        notes.append("Orthanc is not installed (apt-get install orthanc): the node archives into "
+                     f"{folder / 'archive'} instead")
+        destination = {"folder": str(folder / "archive")}
+    try:
+        config = _config(folder, model, destination)
+        summary = DemoSummary(folder, orthanc.web if orthanc else str(folder / "archive"),
+                              notes=notes)
+        with _running(config) as node:
+            patients = sorted(p for p in send_cohort.iterdir() if p.is_dir())
+            with step(f"send: {len(patients)} studies to the node (two sites)"):
+                for index, patient in enumerate(patients):
+                    _, ae, _ = SITES[index % len(SITES)]
+                    peer = Peer("127.0.0.1", config.node.port, "DICOMCR", ae)
+                    failed = [r for r in send(peer, sorted(patient.glob("*.dcm"))) if not r.ok]
+                    if failed:
+                        raise RuntimeError(f"{patient.name}: {failed[0].error}")
+            with step("node: transcoding, classifying, forwarding"):
+                _wait(node, len(patients))
+            summary.config = _save_config(config, folder)
+        summary.arrived = _arrived(orthanc, folder / "archive")
+        summary.probabilities, summary.pngs = _results(folder / "node" / "derived", folder)
+        if on_summary is not None:
+            on_summary(summary)
+        return summary
+    finally:
+        if orthanc is not None:
+            orthanc.stop()
+
+
+def _wait(node: Node, studies: int, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = node.health()
+        states = health["studies"]
+        done = states.get("inferred", 0) + states.get("failed", 0) + states.get("skipped", 0)
+        if health["queue_depth"] == 0 and done >= studies:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the node did not finish within {timeout:.0f} s: {node.health()}")
+
+
+def _save_config(config: Config, folder: Path) -> Path:
+    import yaml
+
+    path = folder / "node.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def _arrived(orthanc: LocalOrthanc | None, archive: Path) -> dict[str, int]:
+    if orthanc is not None:
+        classes = [orthanc.get(f"/instances/{i}/simplified-tags")["SOPClassUID"]
+                   for i in orthanc.get("/instances")]
+    else:
+        classes = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID)
+                   for p in archive.rglob("*.dcm")]
+    kinds = {SC_CLASS: "saliency captures", SR_CLASS: "structured reports"}
+    out: dict[str, int] = {}
+    for uid in classes:
+        kind = kinds.get(uid, "mammograms (JPEG 2000)")
+        out[kind] = out.get(kind, 0) + 1
+    return out
+
+
+def _results(derived: Path, folder: Path) -> tuple[dict[str, dict[str, float]], list[Path]]:
+    """Probabilities from each study's SR; each SC rendered as a PNG for a quick look."""
+    probabilities, pngs = {}, []
+    out = folder / "saliency"
+    out.mkdir(exist_ok=True)
+    for sr in sorted(derived.rglob("SR.dcm")):
+        report = pydicom.dcmread(sr)
+        probabilities[str(report.PatientID)] = read_probabilities(report)
+        for sc in sorted(sr.parent.glob("SC_*.dcm")):
+            ds = pydicom.dcmread(sc)
+            path = out / f"{ds.PatientID}_{sc.stem[3:]}.png"
+            Image.fromarray(np.asarray(ds.pixel_array)).save(path)
+            pngs.append(path)
+    return probabilities, pngs
+
+
+def audit_rows(config_path: Path) -> list:
+    """The audit of the demo's node (its sites, job store and storage)."""
+    from dicomcr.audit.audit import audit_sites, load_guidelines, node_images
+    from dicomcr.config import load_config
+    from dicomcr.models.modelfile import load_model
+
+    config = load_config(config_path)
+    files, _ = node_images(config)
+    configured = {s.name: f"{s.cr:g}" for s in config.sites}
+    models = {s.name: load_model(s.model)[1].__dict__ for s in config.sites if s.model}
+    return audit_sites(files, configured, load_guidelines(), {}, None, models)
+
+
+__all__ = ["DemoSummary", "PeerError", "audit_rows", "run_demo"]
