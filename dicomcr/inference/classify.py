@@ -100,8 +100,9 @@ class _Logit(nn.Module):
 class Classifier:
     """A model file loaded once; `classify` runs one study."""
 
-    def __init__(self, path: Path, device: str = "auto") -> None:
+    def __init__(self, path: Path, device: str = "auto", name: str | None = None) -> None:
         self.path = Path(path)
+        self._name = name
         self.network, self.info = load_model(self.path)
         self.preprocessing = Preprocessing.from_dict(self.info.preprocessing)
         self.device = pick_device(device)
@@ -110,7 +111,8 @@ class Classifier:
 
     @property
     def name(self) -> str:
-        return self.path.stem
+        """What the SCs and the SR call the model: given, else the file's name."""
+        return self._name or self.path.stem
 
     @property
     def threshold(self) -> float:

@@ -46,6 +46,14 @@ def at_crs(sources: list[SourceImage], crs: list[float]) -> dict[float, list[Sou
     return out
 
 
+def model_names(models: list[Path]) -> list[str]:
+    """Each model's file name, with its folder's name in front where two files share one
+    (results/folds/M-CR1/fold0.dcmcr and .../M-CR20/fold0.dcmcr: M-CR1-fold0, M-CR20-fold0)."""
+    stems = [Path(m).stem for m in models]
+    return [f"{Path(m).parent.name}-{stem}" if stems.count(stem) > 1 else stem
+            for m, stem in zip(models, stems, strict=True)]
+
+
 def saliency_study(models: list[Path], files: list[Path], crs: list[float], out: Path,
                    device: str = "cpu") -> OfflineResult:
     """Run every model at every CR on one study; write the objects and the figure into `out`."""
@@ -66,8 +74,8 @@ def saliency_study(models: list[Path], files: list[Path], crs: list[float], out:
                          + (f" ({result.problems[0]})" if result.problems else ""))
     images = at_crs(sources, crs)
     maps: list[tuple[str, dict[tuple[str, str], np.ndarray]]] = []
-    for model in models:
-        classifier = Classifier(model, device)
+    for model, name in zip(models, model_names(models), strict=True):
+        classifier = Classifier(model, device, name)
         for cr in crs:
             study = classifier.classify_sources(images[cr])
             result.written += write_objects(classifier, study, f"{cr:g}",
