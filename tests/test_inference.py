@@ -184,14 +184,17 @@ def test_saliency_command_writes_objects_and_the_figure(small_cohort: Path, mode
                                                         tmp_path: Path) -> None:
     study = next(p for p in sorted(small_cohort.iterdir())
                  if p.is_dir() and any(p.glob("*_mask.png")))  # the malignant study
-    result = runner.invoke(app, ["saliency", str(model), str(model), str(study), "--out",
-                                 str(tmp_path), "--cr", "1", "--cr", "20"])
+    twin = tmp_path / "other" / model.name  # a second model file with the same name
+    twin.parent.mkdir()
+    twin.write_bytes(model.read_bytes())
+    result = runner.invoke(app, ["saliency", str(model), str(twin), str(study), "--out",
+                                 str(tmp_path / "out"), "--cr", "1", "--cr", "20"])
     assert result.exit_code == 0, result.output
-    for cr in ("CR1", "CR20"):
-        objects = sorted((tmp_path / "cnn3-test" / cr).glob("*.dcm"))
+    for name, cr in [(f"{model.parent.name}-cnn3-test", "CR1"), ("other-cnn3-test", "CR20")]:
+        objects = sorted((tmp_path / "out" / name / cr).glob("*.dcm"))
         assert [p.name for p in objects] == ["SC_LCC.dcm", "SC_LMLO.dcm", "SC_RCC.dcm",
                                              "SC_RMLO.dcm", "SR.dcm"]
-    figure = np.asarray(Image.open(tmp_path / "saliency.png"))
+    figure = np.asarray(Image.open(tmp_path / "out" / "saliency.png"))
     assert figure.shape[0] > 300 and figure.shape[1] > 600
     bad = runner.invoke(app, ["saliency", str(study), "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "at least one model" in bad.output
