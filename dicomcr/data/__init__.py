@@ -1,1 +1,1 @@
-"""Datasets for the experiments: the paper's preprocessing (more arrives with the experiments issue)."""
+"""Datasets for the experiments: readers, the paper's preprocessing, the preprocessed-input cache."""

@@ -1,1 +1,1 @@
-"""Offline experiments: metrics with confidence intervals (more arrives with the experiments issue)."""
+"""Offline experiments: metrics with CIs, splits, training, cross-validation, figures, report, saliency scores."""
