@@ -1,1 +1,1 @@
-"""Offline experiments: metrics with CIs, splits, training, cross-validation, figures, report, saliency scores."""
+"""Offline experiments: metrics with CIs, splits, training, cross-validation, figures, report, saliency."""
