@@ -156,27 +156,38 @@ class Classifier:
         if not by_side:
             raise ValueError("no CC or MLO view to classify" + (f" ({problems[0]})" if problems
                                                                 else ""))
-        breasts = [self._breast(side, views, saliency) for side, views in sorted(by_side.items())]
+        sides = sorted(by_side.items())
+        prepared = [self._prepare(views) for _, views in sides]
+        batch = torch.from_numpy(np.stack([x for x, _, _ in prepared])).float()[:, None]
+        batch = batch.to(self.device)
+        with torch.no_grad():  # the study's breasts in one batch
+            probabilities = torch.sigmoid(self.network(batch)).float().cpu().numpy()
+        breasts = []
+        for i, ((side, views), (_, shapes, missing)) in enumerate(zip(sides, prepared, strict=True)):
+            if saliency:
+                self._explain(side, views, batch[i:i + 1], shapes, missing)
+            breasts.append(BreastResult(side, float(probabilities[i]), views, missing))
         return StudyResult(study_uids.pop(), breasts, problems)
 
-    def _breast(self, side: str, views: dict[str, View], saliency: bool) -> BreastResult:
+    def _prepare(self, views: dict[str, View]
+                 ) -> tuple[np.ndarray, tuple[tuple[int, int], tuple[int, int]], tuple[str, ...]]:
+        """The breast's model input, the shapes of its two crops, and its missing view."""
         crops = {v: self._input(views[v]) for v in VIEWS if v in views}
         missing = tuple(v for v in VIEWS if v not in views)
         cc = crops.get("CC", crops.get("MLO"))
         mlo = crops.get("MLO", crops.get("CC"))
-        x = torch.from_numpy(breast_input(cc, mlo, self.preprocessing)).float()[None, None]
-        x = x.to(self.device)
-        with torch.no_grad():
-            probability = float(torch.sigmoid(self.network(x))[0])
-        if saliency:
-            cam = self.grad_cam(x)
-            split = split_columns(cc.shape, mlo.shape, self.preprocessing)
-            parts = {"CC": cam[:, :split], "MLO": cam[:, split:]}
-            for name, view in views.items():
-                part = parts["CC"] if missing else parts[name]  # one view filled both halves
-                view.heat = to_view(part, view.source.pixels.shape, side, name,
-                                    self.preprocessing)
-        return BreastResult(side, probability, views, missing)
+        return breast_input(cc, mlo, self.preprocessing), (cc.shape, mlo.shape), missing
+
+    def _explain(self, side: str, views: dict[str, View], x: torch.Tensor,
+                 shapes: tuple[tuple[int, int], tuple[int, int]], missing: tuple[str, ...]
+                 ) -> None:
+        """Grad-CAM of one breast's input, put back on each of its views."""
+        cam = self.grad_cam(x)
+        split = split_columns(shapes[0], shapes[1], self.preprocessing)
+        parts = {"CC": cam[:, :split], "MLO": cam[:, split:]}
+        for name, view in views.items():
+            part = parts["CC"] if missing else parts[name]  # one view filled both halves
+            view.heat = to_view(part, view.source.pixels.shape, side, name, self.preprocessing)
 
     def grad_cam(self, x: torch.Tensor) -> np.ndarray:
         return grad_cam(self.network, x)
