@@ -57,7 +57,7 @@ STATES = ("received", "transcoded", "done", "failed")
 class Job:
     sop_instance_uid: str
     site: str
-    policy: str  # "20", "lossless" or "none"
+    policy: str  # "20", "lossless", "none", or "derived" for the node's own SC and SR
     spool_path: Path
     outputs: tuple[Path, ...]
     attempts: int

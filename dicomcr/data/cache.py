@@ -37,10 +37,10 @@ def _files(path: Path, crs: list[float], p: Preprocessing, cache: Path) -> dict[
     return {cr: cache / f"{_key(uid, cr, p)}.npy" for cr in crs}
 
 
-def _ensure_view(path: Path, laterality: str, view: str, crs: list[float], p: Preprocessing,
-                 cache: Path) -> None:
-    """Compute and store the preprocessed crop of one view at every CR the cache lacks."""
-    files = _files(path, crs, p, cache)
+def _ensure_view(path: Path, laterality: str, view: str, files: dict[float, Path],
+                 p: Preprocessing) -> None:
+    """Compute and store the preprocessed crop of one view at every CR (`files`: where each
+    goes) that the cache lacks."""
     missing = [cr for cr, f in files.items() if not f.exists()]
     if missing:
         source = read_source(path)
@@ -50,7 +50,6 @@ def _ensure_view(path: Path, laterality: str, view: str, crs: list[float], p: Pr
             for item in encode_ladder(source.pixels, source.bits_stored, lossy,
                                       source.bits_allocated, with_psnr=False):
                 decoded[item.target_cr] = decode(item.codestream)
-        cache.mkdir(parents=True, exist_ok=True)
         for cr, pixels in decoded.items():
             image = normalise_image(pixels, source.dataset)
             partial = files[cr].with_name(f".{files[cr].stem}.{os.getpid()}.partial.npy")
@@ -72,28 +71,27 @@ def breast_inputs(breasts: list[Breast], crs: list[float], p: Preprocessing, cac
     `progress(done, total)` is called as views missing from the cache are computed."""
     views = [(b.cc, b.laterality, "CC") for b in breasts] + \
             [(b.mlo, b.laterality, "MLO") for b in breasts]
-    todo = [v for v in views if not all(f.exists() for f in _files(v[0], crs, p, cache).values())]
+    files = {v[0]: _files(v[0], crs, p, cache) for v in views}  # one header read per view
+    todo = [v for v in views if not all(f.exists() for f in files[v[0]].values())]
     if todo:
         cache.mkdir(parents=True, exist_ok=True)
         if workers > 1 and len(todo) > 1:
             context = multiprocessing.get_context("spawn")  # torch and fork do not mix
             with ProcessPoolExecutor(min(workers, len(todo)), context, _worker_init) as pool:
-                jobs = [pool.submit(_ensure_view, *v, crs, p, cache) for v in todo]
+                jobs = [pool.submit(_ensure_view, *v, files[v[0]], p) for v in todo]
                 for done, job in enumerate(jobs, start=1):
                     job.result()
                     if progress:
                         progress(done, len(todo))
         else:
             for done, v in enumerate(todo, start=1):
-                _ensure_view(*v, crs, p, cache)
+                _ensure_view(*v, files[v[0]], p)
                 if progress:
                     progress(done, len(todo))
     out: dict[float, list[np.ndarray]] = {cr: [] for cr in crs}
     for breast in breasts:
-        cc_files = _files(breast.cc, crs, p, cache)
-        mlo_files = _files(breast.mlo, crs, p, cache)
-        cc = {cr: np.load(f) for cr, f in cc_files.items()}
-        mlo = {cr: np.load(f) for cr, f in mlo_files.items()}
+        cc = {cr: np.load(f) for cr, f in files[breast.cc].items()}
+        mlo = {cr: np.load(f) for cr, f in files[breast.mlo].items()}
         for cr in crs:
             out[cr].append(breast_input(cc[cr], mlo[cr], p))
     return {cr: np.stack(v) for cr, v in out.items()}

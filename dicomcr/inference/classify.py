@@ -29,7 +29,7 @@ from ..data.preprocess import (
 )
 from ..dicom.source import InputError, SourceImage, read_source
 from ..experiments.train import pick_device
-from ..models.modelfile import ModelInfo, load_model
+from ..models.modelfile import load_model
 
 VIEWS = ("CC", "MLO")
 
@@ -118,10 +118,6 @@ class Classifier:
     def threshold(self) -> float:
         """The operating threshold chosen on validation data at training, else 0.5."""
         return float(self.info.validation.get("threshold", 0.5))
-
-    @property
-    def model_info(self) -> ModelInfo:
-        return self.info
 
     def _input(self, view: View) -> np.ndarray:
         image = normalise_image(view.source.pixels, view.source.dataset)
