@@ -747,8 +747,8 @@ def audit(
     """Audit the compression of every site: achieved CRs, DICOM rules, guidelines, the model."""
     import json
 
-    from dicomcr.audit.audit import audit_sites, folder_images, load_guidelines, node_images
-    from dicomcr.audit.report import to_json, write_html
+    from dicomcr.audit.audit import audit_sites, folder_images, load_guidelines, node_sites
+    from dicomcr.audit.report import terminal_table, to_json, write_html
     from dicomcr.config import ConfigError, load_config
     from dicomcr.models.modelfile import ModelFileError, load_model
 
@@ -764,15 +764,8 @@ def audit(
         files, configured, models, keys = {}, {}, {}, {}
         deployed = load_model(model)[1].__dict__ if model else None
         if config is not None:
-            node = load_config(config)
-            found, said = node_images(node)
-            files.update(found)
+            files, configured, models, said = node_sites(load_config(config), deployed)
             problems += said
-            default_model = node.inference.model if node.inference else None
-            for site in node.sites:
-                configured[site.name] = f"{site.cr:g}" if isinstance(site.cr, float) else site.cr
-                path = site.model or default_model
-                models[site.name] = load_model(path)[1].__dict__ if path else deployed
         mapped: dict[str, str] = {}
         if folders:
             found, said, mapped = folder_images(folders, site_map)
@@ -796,27 +789,7 @@ def audit(
             problems.append(f"--results {path}: not readable ({exc}); no model verdicts")
     audits = audit_sites(files, configured, table, keys, document, models)
 
-    view = Table(title="Compression audit")
-    for name in ("site", "images (studies)", "CR configured", "CR achieved min/median/max",
-                 "syntaxes", "rule breaks", "guidelines", "model at the site's CR"):
-        view.add_column(name, overflow="fold")
-    for a in audits:
-        summary = a.achieved_summary
-        verdict = a.model
-        model_text = verdict.status if verdict else "-"
-        if verdict and verdict.at_site and verdict.at_cr1:
-            model_text += (f": AUROC {verdict.at_site['auroc']:.3f} at CR "
-                           f"{verdict.at_site['test_cr']:g} vs {verdict.at_cr1['auroc']:.3f} at 1")
-        elif verdict and verdict.note:
-            model_text += f" ({verdict.note})"
-        colour = "red" if a.guideline_status == "violation" or a.breaks else "green"
-        view.add_row(a.site, f"{a.images} ({a.studies})", a.configured_cr or "-",
-                     " / ".join(f"{v:.1f}" for v in summary) if summary else "-",
-                     ", ".join(f"{k} ({v})" for k, v in sorted(a.syntaxes.items())),
-                     f"[{colour}]{len(a.breaks)}[/]" + (f", {len(a.unreadable)} unreadable"
-                                                        if a.unreadable else ""),
-                     f"[{colour}]{a.guideline_status or '-'}[/] {a.guideline_text}", model_text)
-    Console().print(view)
+    Console().print(terminal_table(audits))
     for a in audits:
         for file, what in a.breaks[:20]:
             console.print(f"{a.site}: {file}: {what}", markup=False, highlight=False)

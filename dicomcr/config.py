@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 1-16 printable ASCII, no backslash
 ANY_AE = "*"
+UNKNOWN_AE_POLICY = "20"  # what an unknown calling AE gets when accept_unknown_ae lets it in
 
 
 class ConfigError(ValueError):
@@ -82,6 +83,11 @@ class Site(Strict):
         if isinstance(value, float | int) and not value > 1:
             raise ValueError("cr is a number > 1, 'lossless' or 'none' (pass-through)")
         return value
+
+    @property
+    def policy(self) -> str:
+        """The site's policy as the job store and the audit write it: "20", "lossless", "none"."""
+        return f"{self.cr:g}" if isinstance(self.cr, float | int) else self.cr
 
 
 class DicomDestination(Strict):

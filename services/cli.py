@@ -131,6 +131,8 @@ def demo(
 
 
 def _demo_summary(summary) -> None:
+    from dicomcr.audit.report import terminal_table
+
     from .demo import audit_rows
 
     out = Console()
@@ -148,15 +150,8 @@ def _demo_summary(summary) -> None:
     table.add_row("saliency PNGs", f"{len(summary.pngs)} in {summary.folder / 'saliency'}")
     table.add_row("node config", str(summary.config))
     out.print(table)
-    audit = Table(title=f"Audit of the demo's sites (dicomcr audit --config {summary.config})")
-    for name in ("site", "images", "CR configured", "CR achieved min/median/max", "rule breaks",
-                 "guidelines"):
-        audit.add_column(name, overflow="fold")
-    for a in audit_rows(summary.config):
-        achieved = a.achieved_summary
-        audit.add_row(a.site, str(a.images), a.configured_cr or "-",
-                      " / ".join(f"{v:.1f}" for v in achieved) if achieved else "-",
-                      str(len(a.breaks)), f"{a.guideline_status}: {a.guideline_text}")
+    audit = terminal_table(audit_rows(summary.config),
+                           f"Audit of the demo's sites (dicomcr audit --config {summary.config})")
     out.print(audit)
     console.print("The probabilities come from a quick model on a phantom: they show the "
                   "plumbing, not a diagnosis. Not for diagnostic use.")

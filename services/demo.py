@@ -197,14 +197,10 @@ def _results(derived: Path, folder: Path) -> tuple[dict[str, dict[str, float]], 
 
 def audit_rows(config_path: Path) -> list:
     """The audit of the demo's node (its sites, job store and storage)."""
-    from dicomcr.audit.audit import audit_sites, load_guidelines, node_images
+    from dicomcr.audit.audit import audit_sites, load_guidelines, node_sites
     from dicomcr.config import load_config
-    from dicomcr.models.modelfile import load_model
 
-    config = load_config(config_path)
-    files, _ = node_images(config)
-    configured = {s.name: f"{s.cr:g}" for s in config.sites}
-    models = {s.name: load_model(s.model)[1].__dict__ for s in config.sites if s.model}
+    files, configured, models, _ = node_sites(load_config(config_path))
     return audit_sites(files, configured, load_guidelines(), {}, None, models)
 
 

@@ -47,7 +47,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from dicomcr.config import Config, DicomDestination, FolderDestination
+from dicomcr.config import UNKNOWN_AE_POLICY, Config, DicomDestination, FolderDestination
 from dicomcr.net.scu import NetworkError, Peer, send
 from dicomcr.transcode import transcode_file
 
@@ -71,10 +71,6 @@ TRANSFER_SYNTAXES = (
     JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
     JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K,
 )
-
-
-def policy_of(cr: float | str) -> str:
-    return cr if isinstance(cr, str) else f"{cr:g}"
 
 
 def _place(source: Path, target: Path) -> None:
@@ -136,9 +132,9 @@ class Node:
         calling = event.assoc.requestor.ae_title.strip()
         site = self.config.site_for(calling)
         if site is None:  # accepted as unknown (accept_unknown_ae): the built-in default, CR 20
-            site_name, policy = "unknown", policy_of(20.0)
+            site_name, policy = "unknown", UNKNOWN_AE_POLICY
         else:
-            site_name, policy = site.name, policy_of(site.cr)
+            site_name, policy = site.name, site.policy
         request = event.request
         start = time.perf_counter()
         status = accept(
@@ -246,7 +242,7 @@ class Node:
             self.store.study_done(study, "skipped", f"site {site} has no model")
             return
         configured = self.config.site_for_name(site)
-        policy = policy_of(configured.cr) if configured else policy_of(20.0)
+        policy = configured.policy if configured else UNKNOWN_AE_POLICY
         start = time.perf_counter()
         try:
             written, probabilities = self._infer_pool.submit(

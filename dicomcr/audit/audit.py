@@ -152,6 +152,23 @@ def node_images(config) -> tuple[dict[str, list[Path]], list[str]]:
     return dict(out), []
 
 
+def node_sites(config, deployed: dict | None = None
+               ) -> tuple[dict[str, list[Path]], dict[str, str], dict[str, dict | None], list[str]]:
+    """A node's sites: {site: image files} from its job store, {site: configured policy},
+    {site: deployed model metadata} (the site's model, else inference.model, else `deployed`)
+    and problems. A configured model that cannot be read raises ModelFileError."""
+    from ..models.modelfile import load_model
+
+    files, problems = node_images(config)
+    default = config.inference.model if config.inference else None
+    configured = {site.name: site.policy for site in config.sites}
+    models = {}
+    for site in config.sites:
+        path = site.model or default
+        models[site.name] = load_model(path)[1].__dict__ if path else deployed
+    return files, configured, models, problems
+
+
 def folder_images(folders: list[Path], site_map: Path | None
                   ) -> tuple[dict[str, list[Path]], list[str], dict[str, str]]:
     """{site: files} of DICOM folders, problems, and {site: guideline key} where the site map

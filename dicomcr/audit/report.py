@@ -29,6 +29,33 @@ def to_json(audits: list[SiteAudit], problems: list[str], guidelines: list[Guide
     return {"sites": sites, "problems": problems, "guidelines": [asdict(g) for g in guidelines]}
 
 
+def terminal_table(audits: list[SiteAudit], title: str = "Compression audit"):
+    """The audit as a rich table: one row per site, verdicts in colour."""
+    from rich.table import Table
+
+    view = Table(title=title)
+    for name in ("site", "images (studies)", "CR configured", "CR achieved min/median/max",
+                 "syntaxes", "rule breaks", "guidelines", "model at the site's CR"):
+        view.add_column(name, overflow="fold")
+    for a in audits:
+        summary = a.achieved_summary
+        verdict = a.model
+        model_text = verdict.status if verdict else "-"
+        if verdict and verdict.at_site and verdict.at_cr1:
+            model_text += (f": AUROC {verdict.at_site['auroc']:.3f} at CR "
+                           f"{verdict.at_site['test_cr']:g} vs {verdict.at_cr1['auroc']:.3f} at 1")
+        elif verdict and verdict.note:
+            model_text += f" ({verdict.note})"
+        colour = "red" if a.guideline_status == "violation" or a.breaks else "green"
+        view.add_row(a.site, f"{a.images} ({a.studies})", a.configured_cr or "-",
+                     " / ".join(f"{v:.1f}" for v in summary) if summary else "-",
+                     ", ".join(f"{k} ({v})" for k, v in sorted(a.syntaxes.items())),
+                     f"[{colour}]{len(a.breaks)}[/]" + (f", {len(a.unreadable)} unreadable"
+                                                        if a.unreadable else ""),
+                     f"[{colour}]{a.guideline_status or '-'}[/] {a.guideline_text}", model_text)
+    return view
+
+
 def _plot(audit: SiteAudit, guidelines: list[Guideline]) -> str:
     """Achieved-CR distribution against the guidelines; the model's AUROC against the CR."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
