@@ -1,5 +1,10 @@
-"""`python -m dicomcr` runs the command line."""
+"""`python -m dicomcr` runs the installed `dicomcr` command: every command, the node's included.
 
-from dicomcr.cli import app
+The whole command line is assembled by the console script's target (services/cli.py); looking it
+up by its entry point keeps the library free of imports of the services.
+"""
 
-app(prog_name="dicomcr")
+from importlib.metadata import entry_points
+
+(script,) = entry_points(group="console_scripts", name="dicomcr")
+script.load()(prog_name="dicomcr")

@@ -96,8 +96,8 @@ def phantom(
 def transcode(
     source: Annotated[Path, typer.Argument(help="A DICOM file, or a folder (searched recursively).")],
     out: Annotated[Path, typer.Argument(help="Output folder: one sub-folder (series) per CR.")],
-    cr: Annotated[list[float] | None, typer.Option("--cr", help="Target compression ratio "
-                                                   "(repeatable), as the paper defines it.")] = None,
+    cr: Annotated[list[str] | None, _cr_option("Target compression ratio, as the paper defines "
+                                               "it; must be > 1 here")] = None,
     ladder: Annotated[str | None, typer.Option(help="A named CR ladder: 'paper' (15 ... 11000).")
                       ] = None,
     lossless: Annotated[bool, typer.Option("--lossless", help="Also write JPEG 2000 lossless.")
@@ -110,7 +110,7 @@ def transcode(
     from dicomcr.codec.j2k import check_ratio
     from dicomcr.transcode import LADDERS, find_inputs, transcode_file, write_manifest
 
-    targets = list(cr or [])
+    targets = _crs(cr) if cr else []
     if ladder is not None:
         if ladder not in LADDERS:
             fail(f"unknown ladder {ladder!r}; choose one of {', '.join(LADDERS)}")
@@ -234,32 +234,23 @@ BatchOpt = Annotated[int, typer.Option(help="Inputs per batch.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the split, the weights and the order.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 InputSizeOpt = Annotated[int, typer.Option(help="Model input rows = columns.")]
+CR_FORMS = ("repeatable; each a CR, a list '1,20,1000', a range of the paper's CRs '1-11000' or "
+            "'paper' (1 and the paper's ten lossy CRs); 1 = the original")
 
 
-def _crs(text: str) -> list[float]:
-    """'1,15,20', a range of the paper's CRs '1-11000', or 'paper' (1 and the paper's eleven)."""
-    from dicomcr.codec.j2k import PAPER_LADDER, check_ratio
+def _cr_option(what: str) -> typer.models.OptionInfo:
+    """The one `--cr` option: repeatable, each value a CR, a comma list, a range or 'paper'."""
+    return typer.Option("--cr", help=f"{what} ({CR_FORMS}).")
 
-    text = text.strip()
+
+def _crs(values: list[str]) -> list[float]:
+    """The CRs named by repeated `--cr` values (see dicomcr.codec.j2k.parse_crs), or exit 2."""
+    from dicomcr.codec.j2k import parse_crs
+
     try:
-        if text == "paper":
-            crs = [1.0, *(float(c) for c in PAPER_LADDER)]
-        elif "-" in text:
-            lo, hi = (float(v) for v in text.split("-", 1))
-            crs = [float(c) for c in (1, *PAPER_LADDER) if lo <= c <= hi]
-        else:
-            crs = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        fail(f"CRs are 'paper', '1,15,20' or '1-11000', got {text!r}")
-    if not crs:
-        fail(f"{text!r} names no CR")
-    for cr in crs:
-        if cr != 1.0:
-            try:
-                check_ratio(cr)
-            except ValueError as exc:
-                fail(str(exc))
-    return sorted(set(crs))
+        return parse_crs(values)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def _dataset(data: Path, layout: str, labels: Path | None, columns: str | None):
@@ -345,9 +336,10 @@ def train(
     data: Annotated[Path, typer.Argument(help="The image folder (a phantom cohort, or the DICOM "
                                               "folder that --labels refers to).")],
     out: Annotated[Path, typer.Option("--out", help="The model file to write (.dcmcr).")],
-    cr: Annotated[float | None, typer.Option(help="Train at this CR (1 = original).")] = None,
-    cr_mix: Annotated[str | None, typer.Option(help="Train on a CR mixture: '1,15,20' or "
-                                                    "'1-11000' (the paper's CRs in range).")] = None,
+    cr: Annotated[list[str] | None, typer.Option("--cr", help="Train at this one CR (1 = the "
+                                                  "original).")] = None,
+    cr_mix: Annotated[list[str] | None, typer.Option("--cr-mix", help=f"Train on a CR mixture "
+                                                     f"({CR_FORMS}).")] = None,
     arch: ArchOpt = "cnn3",
     imagenet_weights: ImagenetOpt = None,
     epochs: EpochsOpt = 30,
@@ -376,7 +368,10 @@ def train(
 
     if (cr is None) == (cr_mix is None):
         fail("give exactly one of --cr and --cr-mix")
-    crs = _crs(cr_mix) if cr_mix is not None else _crs(f"{cr:g}")
+    crs = _crs(cr_mix or cr)
+    if cr is not None and len(crs) > 1:
+        fail(f"--cr names one CR to train at, got {', '.join(f'{c:g}' for c in crs)}: "
+             f"for a mixture use --cr-mix")
     options = _options(epochs, batch_size, seed, device)
     try:
         p = Preprocessing(input_size=(input_size, input_size))
@@ -440,8 +435,7 @@ def train(
 def evaluate(
     model: Annotated[Path, typer.Argument(help="A .dcmcr model file.")],
     data: Annotated[Path, typer.Argument(help="The image folder (as for train).")],
-    cr: Annotated[list[float] | None, typer.Option("--cr", help="Test CR (repeatable; 1 = "
-                                                   "original). Default: the model's CRs.")] = None,
+    cr: Annotated[list[str] | None, _cr_option("Test CR; default: the model's CRs")] = None,
     predictions: Annotated[Path | None, typer.Option(help="Write per-breast probabilities (CSV).")
                            ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the AUPRC bootstrap.")] = 0,
@@ -466,9 +460,7 @@ def evaluate(
         network, info = load_model(model)
     except ModelFileError as exc:
         fail(str(exc))
-    crs = sorted({float(c) for c in (cr or info.trained_crs)})
-    if any(c < 1 for c in crs):
-        fail("a test CR is >= 1 (1 = the original image)")
+    crs = _crs(cr) if cr else sorted(set(info.trained_crs))
     breasts = _dataset(data, layout, labels_csv, columns)
     p = Preprocessing.from_dict(info.preprocessing)
     inputs = _inputs(breasts, crs, p, cache, data, workers)
@@ -501,8 +493,7 @@ def cv(
     data: Annotated[Path, typer.Argument(help="The image folder (as for train).")],
     out: Annotated[Path, typer.Option("--out", help="Results folder (reused: finished folds are "
                                                     "not recomputed).")],
-    cr: Annotated[str, typer.Option("--cr", help="'paper' (1 and the paper's eleven CRs), "
-                                                 "'1,20,1000' or '1-11000'.")] = "paper",
+    cr: Annotated[list[str] | None, _cr_option("The CRs to train at; default: paper")] = None,
     folds: Annotated[int, typer.Option(help="Number of folds.")] = 5,
     cross: Annotated[bool, typer.Option("--cross", help="Table 2: test every model at every CR.")
                      ] = False,
@@ -535,7 +526,7 @@ def cv(
     from dicomcr.experiments.report import write_figures
     from dicomcr.models.modelfile import ModelInfo, save_model
 
-    crs = _crs(cr)
+    crs = _crs(cr or ["paper"])
     try:
         plans = cvlib.plan_models(crs, cross, augment)
         p = Preprocessing(input_size=(input_size, input_size))
@@ -685,9 +676,8 @@ def saliency(
                                                       "study folder (last).")],
     out: Annotated[Path, typer.Option("--out", help="Output folder: SCs and SR per model and "
                                                     "CR, and saliency.png.")],
-    cr: Annotated[list[float] | None, typer.Option("--cr", help="CR to compress the study at "
-                                                   "before classifying (repeatable; 1 = as "
-                                                   "read). Default: the models' CRs.")] = None,
+    cr: Annotated[list[str] | None, _cr_option("CR to compress the study at before classifying; "
+                                               "default: the models' CRs")] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Grad-CAM saliency of one study: SCs and an SR as DICOM, and a figure like the paper's Fig. 3."""
@@ -703,9 +693,7 @@ def saliency(
         files = [path for path, _ in find_inputs(study)]
     except (ModelFileError, FileNotFoundError) as exc:
         fail(str(exc))
-    crs = sorted({float(c) for c in (cr or trained)})
-    if any(c < 1 for c in crs):
-        fail("a CR is >= 1 (1 = the image as read)")
+    crs = _crs(cr) if cr else trained
     try:
         with console.status(f"{len(model_files)} model(s) x {len(crs)} CR(s) on {study}"):
             result = saliency_study(model_files, files, crs, out, device)

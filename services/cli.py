@@ -1,7 +1,8 @@
-"""The node's commands (`dicomcr serve`, `dicomcr status`), added to the library's Typer app.
+"""The one `dicomcr` command line: the library's commands plus the node's (serve, status, ...).
 
-The console script `dicomcr` points here, so that the library (dicomcr/) never imports the
-services while the one command line still offers everything.
+It is assembled here and only here: `app` starts from a copy of the library's commands
+(dicomcr.cli.app, left as it is) and adds the node's. The console script `dicomcr` and
+`python -m dicomcr` both run this app, and the library (dicomcr/) never imports the services.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dicomcr.cli import app, console, fail
+from dicomcr import cli as library
+from dicomcr.cli import console, fail
 
 from .node import Node
 from .store import STATES, JobStore
 
 __all__ = ["app"]
+
+app = typer.Typer(help=library.app.info.help, no_args_is_help=True, add_completion=False)
+app.registered_callback = library.app.registered_callback
+app.registered_commands = list(library.app.registered_commands)  # a copy: theirs stays theirs
 
 
 def _config(path: Path | None):

@@ -85,7 +85,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cv(cohort: Path, out: Path, *extra: str):
-    return runner.invoke(app, ["cv", str(cohort), "--cr", "1,20", "--folds", "3", "--epochs", "1",
+    return runner.invoke(app, ["cv", str(cohort), "--cr", "1", "--cr", "20", "--folds", "3",
+                               "--epochs", "1",
                                "--input-size", "64", "--batch-size", "8", "--seed", "2",
                                "--workers", "1", "--out", str(out), *extra])
 

@@ -20,6 +20,8 @@ from openjpeg.utils import encode_array
 from .codestream import parse
 
 PAPER_LADDER: tuple[int, ...] = (15, 20, 25, 50, 100, 500, 1000, 5000, 10000, 11000)
+PAPER_CRS: tuple[float, ...] = (1.0, *map(float, PAPER_LADDER))  # the paper's table: 1 + ten lossy
+CRS_SYNTAX = "CRs are 'paper' (1 and the paper's ten lossy CRs), '1,20,1000' or a range '1-11000'"
 TOLERANCE = 0.02  # the achieved CR is within 2 % of the target
 MIN_CODESTREAM_BYTES = 256  # below this a target CR is absurd: headers alone take ~100 bytes
 LOSSLESS_PSNR = 100.0  # the paper's label for a perfect reconstruction
@@ -76,6 +78,33 @@ def check_ratio(cr: float) -> float:
     if not np.isfinite(cr) or cr <= 1.0:
         raise ValueError(f"compression ratio must be > 1 (use lossless for 1), got {cr:g}")
     return cr
+
+
+def parse_crs(values: Sequence[str]) -> list[float]:
+    """The CRs that one or more `--cr` values name, sorted and each once; ValueError if bad.
+
+    Each value is a CR ('20'), a comma list ('1,20,1000'), a range of the paper's CRs ('1-11000',
+    both ends included) or 'paper' (1 and the paper's ten lossy CRs). 1 stands for the original
+    image; every other CR must pass `check_ratio`. Repeated values add up, none is dropped."""
+    crs: list[float] = []
+    for value in values:
+        text = value.strip()
+        try:
+            if text == "paper":
+                named = list(PAPER_CRS)
+            elif "-" in text.lstrip("-"):
+                lo, hi = (float(v) for v in text.split("-", 1))
+                named = [c for c in PAPER_CRS if lo <= c <= hi]
+            else:
+                named = [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"{CRS_SYNTAX}, got {value!r}") from None
+        if not named:
+            raise ValueError(f"{value!r} names no CR ({CRS_SYNTAX})")
+        crs += [c if c == 1.0 else check_ratio(c) for c in named]
+    if not crs:
+        raise ValueError(f"no CR given ({CRS_SYNTAX})")
+    return sorted(set(crs))
 
 
 def check_targets(targets: Sequence[float], raw_bytes: int) -> list[float]:

@@ -1,0 +1,78 @@
+"""The command line as one app, and the one way every command takes several CRs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from dicomcr.cli import app as library_app
+from dicomcr.codec.j2k import PAPER_CRS, parse_crs
+
+NODE_COMMANDS = {"serve", "status", "conformance", "demo"}
+
+
+def _names(app) -> set[str]:
+    return {command.name or command.callback.__name__ for command in app.registered_commands}
+
+
+def test_python_dash_m_runs_every_command() -> None:
+    run = subprocess.run([sys.executable, "-m", "dicomcr", "--help"], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "COLUMNS": "100"})
+    assert run.returncode == 0, run.stderr
+    for name in NODE_COMMANDS | {"phantom", "transcode", "cv", "audit"}:
+        assert f" {name} " in run.stdout, name
+    version = subprocess.run([sys.executable, "-m", "dicomcr", "--version"], capture_output=True,
+                             text=True, timeout=120)
+    assert version.returncode == 0 and version.stdout.startswith("dicomcr ")
+
+
+def test_the_node_commands_do_not_change_the_library_app() -> None:
+    before = _names(library_app)
+    from services.cli import app
+
+    assert _names(library_app) == before and not before & NODE_COMMANDS
+    assert _names(app) == before | NODE_COMMANDS
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    (["20"], [20.0]),
+    (["1", "1000"], [1.0, 1000.0]),  # repeated: both kept, never the last alone
+    (["1,20", "20", "1000"], [1.0, 20.0, 1000.0]),
+    (["1000-11000"], [1000.0, 5000.0, 10000.0, 11000.0]),
+    (["paper"], list(PAPER_CRS)),
+    (["paper", "30"], sorted([*PAPER_CRS, 30.0])),
+])
+def test_crs_add_up_over_repeated_values(values: list[str], expected: list[float]) -> None:
+    assert parse_crs(values) == expected
+
+
+def test_paper_names_one_and_the_ten_lossy_crs() -> None:
+    assert len(PAPER_CRS) == 11 and PAPER_CRS[0] == 1.0 and PAPER_CRS[-1] == 11000.0
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    (["abc"], "CRs are 'paper'"),
+    (["0.5"], "> 1"),
+    (["2-3"], "names no CR"),
+    ([], "no CR given"),
+])
+def test_bad_crs_are_refused(values: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_crs(values)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "cv", "saliency", "transcode"])
+def test_every_cr_option_is_repeatable_with_the_same_forms(command: str) -> None:
+    result = CliRunner().invoke(library_app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "repeatable" in result.output and "'paper'" in result.output
+
+
+def test_train_cr_names_one_cr(tmp_path) -> None:
+    result = CliRunner().invoke(library_app, ["train", str(tmp_path), "--cr", "1", "--cr", "1000",
+                                              "--out", str(tmp_path / "m.dcmcr")])
+    assert result.exit_code == 2 and "for a mixture use --cr-mix" in result.output
