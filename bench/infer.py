@@ -112,10 +112,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = args.model or _model(tmp)
-        write_cohort(CohortSpec(n_studies=2, seed=4, size="full", vendor="mixed"), tmp / "raw",
-                     workers=2)
+        raw = write_cohort(CohortSpec(n_studies=2, seed=4, size="full", vendor="mixed"), tmp / "raw",
+                           workers=2).dicom
         studies = []
-        for folder in sorted(p for p in (tmp / "raw").iterdir() if p.is_dir()):
+        for folder in sorted(p for p in raw.iterdir() if p.is_dir()):
             files = []
             for f in sorted(folder.glob("*.dcm")):
                 rows = transcode_file(f, tmp / "cr20" / folder.name, Path(f.name), [20.0], False)

@@ -21,6 +21,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pydicom
 
+from dicomcr.data.dataset import PHANTOM_DICOM
 from dicomcr.phantom import CohortSpec
 from dicomcr.phantom.cohort import write_study
 
@@ -40,7 +41,7 @@ def main() -> None:
             for index, finding in enumerate(spec.findings()):
                 write_study(spec, index, finding, out)
             per_study = (time.perf_counter() - start) / args.studies
-            files = sorted(out.glob("*/*.dcm"))
+            files = sorted((out / PHANTOM_DICOM).glob("*/*.dcm"))
             mib = sum(p.stat().st_size for p in files) / 2**20 / args.studies
             peer = float("nan")
             if dcmconv:

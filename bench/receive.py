@@ -69,9 +69,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        write_cohort(CohortSpec(n_studies=args.studies, seed=3, size="full", vendor="hologic"),
-                     tmp / "in")
-        files = sorted((tmp / "in").glob("*/*.dcm"))
+        cohort = write_cohort(CohortSpec(n_studies=args.studies, seed=3, size="full",
+                                         vendor="hologic"), tmp / "in")
+        files = sorted(cohort.dicom.glob("*/*.dcm"))
         size = sum(p.stat().st_size for p in files) / 2**20
         print(f"{len(files)} full-size Hologic images, {size:.0f} MiB")
 

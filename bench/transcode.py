@@ -80,9 +80,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        src = tmp / "src"
-        write_cohort(CohortSpec(n_studies=2 * args.studies, seed=7, size="full", vendor="mixed"),
-                     src, workers=args.workers)
+        src = write_cohort(CohortSpec(n_studies=2 * args.studies, seed=7, size="full",
+                                      vendor="mixed"), tmp / "src", workers=args.workers).dicom
         files = sorted(src.glob("*/*.dcm"))
         pgms = []
         for path in files:

@@ -34,8 +34,10 @@ APT_PACKAGE = {
 
 
 def require(tool: str) -> str:
-    """The path of `tool`; skip when it is missing, fail when it is missing under CI=true."""
-    path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/usr/bin")
+    """The path of the Debian package's `tool`; skip when missing, fail under CI=true."""
+    # The system's directories first: pynetdicom installs its own storescu/echoscu into the
+    # venv's bin, which would otherwise shadow DCMTK's when the venv is first on PATH.
+    path = shutil.which(tool, path="/usr/bin:/usr/sbin") or shutil.which(tool)
     if path is None:
         package = APT_PACKAGE.get(tool, tool)
         message = f"{tool} is not installed (apt-get install {package})"

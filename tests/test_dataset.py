@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from dicomcr.data.dataset import ColumnMap, load_dataset, read_phantom_labels
+from dicomcr.data.dataset import (
+    PHANTOM_DICOM,
+    ColumnMap,
+    load_dataset,
+    mask_beside,
+    read_phantom_labels,
+)
 
 
 def _images(cohort: Path) -> list[dict]:
@@ -48,6 +54,7 @@ def test_a_generic_csv_pairs_views_and_reports_what_it_leaves_out(small_cohort: 
     for b in dataset.breasts:
         truth = expected[(b.patient_id, b.laterality)]
         assert (b.cc, b.mlo, b.malignant) == (truth.cc, truth.mlo, truth.malignant)
+        assert (b.cc_mask, b.mlo_mask) == (truth.cc_mask, truth.mlo_mask)  # found in masks/
     text = "\n".join(dataset.problems)
     assert f"{dropped[0]} L: no MLO view; breast left out" in text
     assert "2 CC images" in text and "'B' is not L or R" in text
@@ -108,3 +115,30 @@ def test_a_table_with_no_complete_breast_is_refused(small_cohort: Path, tmp_path
         load_dataset(small_cohort, "csv", table, "patient=p,laterality=s,view=v,label=y,path={f}")
     assert ColumnMap.parse("patient=p,laterality=s,view=v,label=y,path={f},positive=1|2"
                            ).positive == ("1", "2")
+
+
+def test_a_cohort_in_the_old_layout_still_reads(small_cohort: Path, tmp_path: Path) -> None:
+    """Cohorts written before the DICOM tree was split out (OUT/<patient>/<view>.dcm, the mask
+    beside it as <view>_mask.png) read as before; the DICOM tree alone is refused, saying why."""
+    old = tmp_path / "old"
+    with open(small_cohort / "labels.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        header, rows = reader.fieldnames, list(reader)
+    for row in rows:
+        for view in ("cc", "mlo"):
+            image = Path(row[f"{view}_image"])
+            moved = Path(image.parent.name, image.name)
+            mask = moved.with_name(f"{image.stem}_mask.png")
+            (old / moved.parent).mkdir(parents=True, exist_ok=True)
+            os.link(small_cohort / image, old / moved)
+            os.link(small_cohort / row[f"{view}_mask"], old / mask)
+            row[f"{view}_image"], row[f"{view}_mask"] = str(moved), str(mask)
+    _write(old / "labels.csv", list(header), [[row[k] for k in header] for row in rows])
+    for new, before in zip(read_phantom_labels(small_cohort), read_phantom_labels(old),
+                           strict=True):
+        assert (new.key, new.malignant) == (before.key, before.malignant)
+        assert before.cc == old / new.cc.relative_to(small_cohort / PHANTOM_DICOM)
+        assert before.mlo_mask.read_bytes() == new.mlo_mask.read_bytes()
+        assert mask_beside(before.cc) == before.cc_mask
+    with pytest.raises(FileNotFoundError, match="DICOM tree of a phantom cohort"):
+        load_dataset(small_cohort / PHANTOM_DICOM)

@@ -19,6 +19,7 @@ import yaml
 from peers import Orthanc, free_port, require, wait_for_port
 from typer.testing import CliRunner
 
+from dicomcr.data.dataset import PHANTOM_DICOM
 from services.cli import app
 
 MG_A, MG_B = "MG_A", "PACS_B"
@@ -96,7 +97,7 @@ def _http(port: int, path: str) -> str:
 
 
 def _study(cohort: Path, index: int = 0) -> list[Path]:
-    folder = sorted(p for p in cohort.iterdir() if p.is_dir() and not p.name.startswith("."))[index]
+    folder = sorted((cohort / PHANTOM_DICOM).iterdir())[index]
     return sorted(folder.glob("*.dcm"))
 
 
@@ -259,7 +260,7 @@ def test_the_committed_conformance_statement_is_the_generated_one() -> None:
 def test_killed_while_receiving_every_acknowledged_instance_arrives(
         small_cohort: Path, orthanc: Orthanc, tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "node", _pacs(orthanc))
-    files = sorted(small_cohort.glob("*/*.dcm"))  # 16 images
+    files = sorted((small_cohort / PHANTOM_DICOM).glob("*/*.dcm"))  # 16 images
     sender = subprocess.Popen(
         [require("storescu"), "-v", "-aec", "DICOMCR", "-aet", MG_A, "127.0.0.1",
          str(node.port), *map(str, files)],
@@ -290,7 +291,7 @@ def test_killed_while_transcoding_resumes_on_restart(orthanc: Orthanc, tmp_path:
     from dicomcr.phantom import CohortSpec, write_cohort
 
     write_cohort(CohortSpec(n_studies=1, seed=4, size="full", vendor="hologic"), tmp_path / "in")
-    files = sorted((tmp_path / "in").glob("*/*.dcm"))
+    files = sorted((tmp_path / "in" / PHANTOM_DICOM).glob("*/*.dcm"))
     node = NodeProcess(tmp_path / "node", _pacs(orthanc), workers=1)
     assert storescu(node.port, MG_A, *files).returncode == 0
     node.kill()  # one full-size image takes about a second to transcode: three are still queued
@@ -309,7 +310,7 @@ def test_killed_while_transcoding_resumes_on_restart(orthanc: Orthanc, tmp_path:
 
 def test_sigterm_lets_a_running_association_finish(small_cohort: Path, tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "node", {"folder": str(tmp_path / "archive")})
-    files = sorted(small_cohort.glob("*/*.dcm"))
+    files = sorted((small_cohort / PHANTOM_DICOM).glob("*/*.dcm"))
     sender = subprocess.Popen(
         [require("storescu"), "-v", "-aec", "DICOMCR", "-aet", MG_A, "127.0.0.1",
          str(node.port), *map(str, files)],
@@ -342,7 +343,7 @@ def test_a_wrong_called_ae_title_is_rejected(small_cohort: Path, tmp_path: Path)
 def test_killed_while_forwarding_every_instance_arrives_once(
         small_cohort: Path, orthanc: Orthanc, tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "node", _pacs(orthanc))
-    files = sorted(small_cohort.glob("*/*.dcm"))
+    files = sorted((small_cohort / PHANTOM_DICOM).glob("*/*.dcm"))
     assert storescu(node.port, MG_A, *files).returncode == 0
     deadline = time.monotonic() + 60
     while not orthanc.get("/instances"):  # the forwarder has started storing into Orthanc

@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dicomcr.cli import app
+from dicomcr.data.dataset import PHANTOM_DICOM
 from dicomcr.phantom import LABEL_COLUMNS, CohortSpec, write_cohort
 
 runner = CliRunner()
@@ -66,7 +67,7 @@ def test_command_writes_a_cohort_and_summarises_it(tmp_path: Path) -> None:
     result = runner.invoke(app, ["phantom", str(tmp_path / "p"), "--studies", "2", "--size",
                                  "small", "--vendor", "ge", "--seed", "3", "--workers", "1"])
     assert result.exit_code == 0, result.output
-    assert len(list((tmp_path / "p").glob("*/*.dcm"))) == 8
+    assert len(list((tmp_path / "p" / PHANTOM_DICOM).glob("*/*.dcm"))) == 8
     assert "2 / 8" in result.output and "labels.csv" in result.output
 
 

@@ -1,4 +1,5 @@
-"""The phantom's files are valid Digital Mammography For Presentation objects, for real peers too."""
+"""The phantom's files are valid Digital Mammography For Presentation objects, for real peers too,
+and its DICOM tree is sent whole by `storescu +sd +r`, as an administrator sends a folder."""
 
 from __future__ import annotations
 
@@ -12,17 +13,20 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from peers import dciodvfy, require
+from peers import StoreSCP, dciodvfy, require
 from PIL import Image
+from typer.testing import CliRunner
 
+from dicomcr.cli import app
+from dicomcr.data.dataset import PHANTOM_DICOM, PHANTOM_MASKS
 from dicomcr.dicom import MammographyImage
 
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 VIEW_CODE = {"CC": "399162004", "MLO": "399368009"}
 
 
-def _files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*/*.dcm"))
+def _files(cohort: Path) -> list[Path]:
+    return sorted((cohort / PHANTOM_DICOM).glob("*/*.dcm"))
 
 
 def test_every_file_passes_dciodvfy(small_cohort: Path) -> None:
@@ -72,9 +76,8 @@ def test_vendors_sizes_and_polarity(small_cohort: Path) -> None:
 
 
 def test_study_identifiers_are_shared_within_a_study(small_cohort: Path) -> None:
-    for folder in sorted(p for p in small_cohort.iterdir() if p.is_dir()):
-        headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in _files(folder.parent)
-                   if p.parent == folder]
+    for folder in sorted((small_cohort / PHANTOM_DICOM).iterdir()):
+        headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.glob("*"))]
         assert len(headers) == 4
         for key in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "AccessionNumber"):
             assert len({h.get(key) for h in headers}) == 1, key
@@ -89,6 +92,29 @@ def test_gdcm_reads_what_pydicom_reads(small_cohort: Path, tmp_path: Path) -> No
     subprocess.run([gdcmconv, "--raw", str(source), str(out)], check=True, timeout=60)
     np.testing.assert_array_equal(pydicom.dcmread(out).pixel_array,
                                   pydicom.dcmread(source).pixel_array)
+
+
+def test_storescu_sends_the_dicom_tree_whole(tmp_path: Path) -> None:
+    """`storescu +sd +r OUT/dicom` stores every image: the tree holds DICOM files and nothing else
+    (a mask or labels file in it made storescu abort the association after the first study)."""
+    out = tmp_path / "cohort"
+    result = CliRunner().invoke(app, ["phantom", str(out), "--studies", "2", "--size", "small",
+                                      "--seed", "4", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    tree = [p for p in (out / PHANTOM_DICOM).rglob("*") if not p.is_dir()]
+    assert len(tree) == 8 and {p.suffix for p in tree} == {".dcm"}
+    sent = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in tree}
+    scp = StoreSCP(tmp_path / "received")
+    try:
+        run = subprocess.run([require("storescu"), "+sd", "+r", "-aet", "ADMIN", "-aec", scp.aet,
+                              "127.0.0.1", str(scp.port), str(out / PHANTOM_DICOM)],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        scp.stop()
+    assert run.returncode == 0, run.stdout + run.stderr
+    received = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+                for p in scp.folder.iterdir()}
+    assert received == sent
 
 
 def test_writer_rejects_bad_input() -> None:
@@ -141,7 +167,7 @@ def test_full_size_cohort_from_the_command_line(tmp_path: Path) -> None:
         assert errors == [], f"{path}: {errors}"
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         sizes.add((ds.Manufacturer, ds.Rows, ds.Columns, float(ds.PixelSpacing[0])))
-        mask = Image.open(path.with_name(f"{path.stem}_mask.png"))
+        mask = Image.open(out / PHANTOM_MASKS / path.parent.name / f"{path.stem}.png")
         assert mask.size == (ds.Columns, ds.Rows)
     assert sizes == {("HOLOGIC, Inc.", 4096, 3328, 0.07), ("GE MEDICAL SYSTEMS", 2294, 1914, 0.1)}
     with open(out / "labels.csv") as handle:

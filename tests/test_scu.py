@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
-from peers import StoreSCP, free_port
+from peers import StoreSCP, free_port, require
 from typer.testing import CliRunner
 
 from dicomcr.cli import app
+from dicomcr.data.dataset import PHANTOM_DICOM
 from dicomcr.net.scu import Peer
 from dicomcr.transcode import transcode_file
 
@@ -26,7 +30,7 @@ def storescp(tmp_path: Path) -> Iterator[StoreSCP]:
 
 
 def _study(cohort: Path) -> list[Path]:
-    folder = next(p for p in sorted(cohort.iterdir()) if p.is_dir())
+    folder = sorted((cohort / PHANTOM_DICOM).iterdir())[0]
     return sorted(folder.glob("*.dcm"))
 
 
@@ -99,3 +103,13 @@ def test_bad_addresses_and_titles() -> None:
         Peer("127.0.0.1", 104, "A" * 17)
     with pytest.raises(ValueError, match="port"):
         Peer("127.0.0.1", 70000, "X")
+
+
+def test_the_peers_are_dcmtk_not_pynetdicoms_namesakes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom installs storescu/echoscu into the venv's bin; the tests must use DCMTK's."""
+    venv_bin = str(Path(sys.executable).parent)
+    monkeypatch.setenv("PATH", f"{venv_bin}:{os.environ['PATH']}")
+    for tool in ("storescu", "echoscu"):
+        run = subprocess.run([require(tool), "--version"], capture_output=True, text=True,
+                             timeout=30)
+        assert "dcmtk" in (run.stdout + run.stderr).lower(), tool

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from dicomcr.cli import app
 from dicomcr.codec.codestream import parse
 from dicomcr.codec.j2k import PAPER_LADDER, encode_ladder, psnr
+from dicomcr.data.dataset import PHANTOM_DICOM, PHANTOM_MASKS
 from dicomcr.phantom import generate_study
 from dicomcr.transcode import transcode_file
 
@@ -27,13 +28,13 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def hologic_file(small_cohort: Path) -> Path:
-    return next(p for p in sorted(small_cohort.glob("*/LCC.dcm"))
+    return next(p for p in sorted((small_cohort / PHANTOM_DICOM).glob("*/LCC.dcm"))
                 if pydicom.dcmread(p, stop_before_pixels=True).Manufacturer.startswith("HOLOGIC"))
 
 
 @pytest.fixture(scope="module")
 def ge_file(small_cohort: Path) -> Path:
-    return next(p for p in sorted(small_cohort.glob("*/LMLO.dcm"))
+    return next(p for p in sorted((small_cohort / PHANTOM_DICOM).glob("*/LMLO.dcm"))
                 if pydicom.dcmread(p, stop_before_pixels=True).Manufacturer.startswith("GE"))
 
 
@@ -244,8 +245,10 @@ def test_impossible_ratios_fail_with_a_reason(cr, reason, hologic_file: Path, tm
 
 def test_command_writes_a_series_per_cr_and_a_manifest(small_cohort: Path, tmp_path: Path) -> None:
     src = tmp_path / "in"
-    study = next(p for p in sorted(small_cohort.iterdir()) if p.is_dir())
-    shutil.copytree(study, src / study.name)  # four views and their mask PNGs (not DICOM)
+    study = sorted((small_cohort / PHANTOM_DICOM).iterdir())[0]
+    shutil.copytree(study, src / study.name)  # four views
+    shutil.copytree(small_cohort / PHANTOM_MASKS / study.name, src / study.name,
+                    dirs_exist_ok=True)  # and their mask PNGs, not DICOM: skipped
     (src / "broken.dcm").write_bytes(b"not dicom at all" * 10)
     out = tmp_path / "out"
     result = runner.invoke(app, ["transcode", str(src), str(out), "--cr", "20", "--cr", "100",

@@ -18,6 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FORMATS = ("phantom", "csv", "rsna", "vindr")
+# A phantom cohort (`dicomcr phantom OUT`): OUT/labels.csv and OUT/phantom.json, the DICOM files in
+# OUT/dicom/<patient>/<view>.dcm (a tree of DICOM files only, which `storescu +sd +r` sends whole)
+# and the lesion masks in OUT/masks/<patient>/<view>.png.
+PHANTOM_DICOM = "dicom"
+PHANTOM_MASKS = "masks"
 
 
 @dataclass(frozen=True)
@@ -98,9 +103,15 @@ LAYOUTS = {"rsna": RSNA, "vindr": VINDR}
 
 
 def mask_beside(image: Path) -> Path | None:
-    """A lesion mask kept beside its image as <stem>_mask.png (the phantom's layout), if any."""
-    mask = image.with_name(f"{image.stem}_mask.png")
-    return mask if mask.is_file() else None
+    """The lesion mask of an image, if there is one: <stem>_mask.png beside it (how a dataset
+    brings its own masks, and where older phantom cohorts kept them), or, for a phantom image
+    OUT/dicom/<patient>/<view>.dcm, OUT/masks/<patient>/<view>.png."""
+    image = Path(image)
+    candidates = [image.with_name(f"{image.stem}_mask.png")]
+    study = image.absolute().parent
+    if study.parent.name == PHANTOM_DICOM:
+        candidates.append(study.parent.parent / PHANTOM_MASKS / study.name / f"{image.stem}.png")
+    return next((mask for mask in candidates if mask.is_file()), None)
 
 
 def read_phantom_labels(folder: Path) -> list[Breast]:
@@ -108,6 +119,9 @@ def read_phantom_labels(folder: Path) -> list[Breast]:
     folder = Path(folder)
     labels = folder / "labels.csv"
     if not labels.is_file():
+        if folder.name == PHANTOM_DICOM and (folder.parent / "labels.csv").is_file():
+            raise FileNotFoundError(f"{folder} is the DICOM tree of a phantom cohort: give the "
+                                    f"cohort's folder, {folder.parent}")
         raise FileNotFoundError(f"{labels} not found: is {folder} a dicomcr phantom cohort?")
     breasts = []
     with open(labels, newline="") as handle:

@@ -1,10 +1,11 @@
-"""Write a phantom cohort to disk: one folder per study, four DICOM views, masks and labels.csv.
+"""Write a phantom cohort to disk: four DICOM views per study, their lesion masks, labels.csv.
 
-Layout of OUT:
-    OUT/labels.csv                one row per breast (see LABEL_COLUMNS)
-    OUT/phantom.json              the parameters that reproduce the cohort
-    OUT/<patient_id>/LCC.dcm      ... LMLO, RCC, RMLO
-    OUT/<patient_id>/LCC_mask.png the ground-truth lesion mask of that view (255 = lesion)
+Layout of OUT (the names are `dicomcr.data.dataset`'s, which reads it back):
+    OUT/dicom/<patient_id>/LCC.dcm   ... LMLO, RCC, RMLO; this tree holds DICOM files only, so
+                                     `storescu +sd +r` or a PACS's folder import sends it whole
+    OUT/masks/<patient_id>/LCC.png   the ground-truth lesion mask of that view (255 = lesion)
+    OUT/labels.csv                   one row per breast (see LABEL_COLUMNS), paths relative to OUT
+    OUT/phantom.json                 the parameters that reproduce the cohort
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from dicomcr import __version__
+from dicomcr.data.dataset import PHANTOM_DICOM, PHANTOM_MASKS
 
 from .params import VENDOR_CHOICES, CohortMix, Difficulty
 from .study import PhantomStudy, generate_study
@@ -80,16 +82,17 @@ class StudyRecord:
 
 
 def write_study(spec: CohortSpec, index: int, finding: str, out: Path) -> StudyRecord:
-    """Generate study `index` and write its DICOM files and masks under `out`."""
+    """Generate study `index` and write its DICOM files and masks into the cohort folder `out`."""
     start = time.perf_counter()
     vendor = spec.vendor_of(index)
     study = generate_study(spec.seed, index, finding, vendor, spec.size, spec.difficulty)
-    folder = out / study.patient_id
-    folder.mkdir(parents=True, exist_ok=True)
+    dicom, masks = (out / tree / study.patient_id for tree in (PHANTOM_DICOM, PHANTOM_MASKS))
+    dicom.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
     for number, view in enumerate(study.views, start=1):
-        study.dataset(view, number).save_as(folder / f"{view.name}.dcm", enforce_file_format=True)
+        study.dataset(view, number).save_as(dicom / f"{view.name}.dcm", enforce_file_format=True)
         Image.fromarray(view.lesion_mask.astype(np.uint8) * 255).save(
-            folder / f"{view.name}_mask.png", optimize=False, compress_level=1)
+            masks / f"{view.name}.png", optimize=False, compress_level=1)
     return StudyRecord(study.patient_id, finding, vendor, study.photometric,
                        time.perf_counter() - start, _label_rows(study))
 
@@ -108,10 +111,10 @@ def _label_rows(study: PhantomStudy) -> tuple[dict[str, str], ...]:
             "density": study.density,
             "vendor": study.detector.key,
             "photometric": study.photometric,
-            "cc_image": f"{study.patient_id}/{side}CC.dcm",
-            "mlo_image": f"{study.patient_id}/{side}MLO.dcm",
-            "cc_mask": f"{study.patient_id}/{side}CC_mask.png",
-            "mlo_mask": f"{study.patient_id}/{side}MLO_mask.png",
+            "cc_image": f"{PHANTOM_DICOM}/{study.patient_id}/{side}CC.dcm",
+            "mlo_image": f"{PHANTOM_DICOM}/{study.patient_id}/{side}MLO.dcm",
+            "cc_mask": f"{PHANTOM_MASKS}/{study.patient_id}/{side}CC.png",
+            "mlo_mask": f"{PHANTOM_MASKS}/{study.patient_id}/{side}MLO.png",
         })
     return tuple(rows)
 
@@ -145,6 +148,15 @@ class CohortSummary:
     seconds: float
     seconds_per_study: float
     bytes_written: int
+
+    @property
+    def dicom(self) -> Path:
+        """The folder tree of the DICOM files alone: what is sent to a peer."""
+        return self.out / PHANTOM_DICOM
+
+    @property
+    def masks(self) -> Path:
+        return self.out / PHANTOM_MASKS
 
 
 def write_cohort(
