@@ -1,4 +1,6 @@
-"""How the phantom's default difficulty was chosen: CR-1 five-fold AUROC of CNN3 on small cohorts.
+"""How the phantom's `conspicuous` difficulty (3, 8, 2), the default before issue 13, was chosen:
+CR-1 five-fold AUROC of CNN3 on small cohorts. The default is now `PHYSICAL` (the physics alone,
+chosen by physics, not by AUROC); this script stays as the record of that tuning.
 
     .venv/bin/python docs/tune_difficulty.py MASS_CONTRAST CALC_CONTRAST SIZE_SCALE [STUDIES]
     .venv/bin/python docs/tune_difficulty.py 3 10 2.5 300 3e-4 30 8 256   # with training options
@@ -19,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 from dicomcr.data.cache import breast_inputs
 from dicomcr.data.dataset import read_phantom_labels
 from dicomcr.data.preprocess import Preprocessing
-from dicomcr.experiments.train import TrainOptions, predict, train_model
+from dicomcr.experiments.train import Samples, TrainOptions, predict, train_model
 from dicomcr.models import CNN3
 from dicomcr.models.cnn3 import CNN3Spec
 from dicomcr.phantom import CohortSpec, write_cohort
@@ -36,7 +38,8 @@ if not (out / "labels.csv").exists():
                             difficulty=Difficulty(mc, cc, ss)), out, 2)
 b = read_phantom_labels(out)
 p = Preprocessing(input_size=(isz, isz))
-x = breast_inputs(b, [1.0], p, out / ".cache")[1.0]
+inputs = breast_inputs(b, [1.0], p, out / ".cache")
+x = inputs[1.0]
 y = np.array([v.malignant for v in b])
 pat = np.array([v.patient_id for v in b])
 ups = sorted(set(pat))
@@ -47,7 +50,9 @@ oof = np.zeros(len(y))
 for k in range(5):
     te, va = f == k, f == (k + 1) % 5
     tr = ~te & ~va
-    r = train_model(lambda: CNN3(CNN3Spec(input_size=(isz, isz))), x[tr], y[tr], x[va], y[va],
+    r = train_model(lambda: CNN3(CNN3Spec(input_size=(isz, isz))),
+                    Samples.of(inputs.arrays, y, np.flatnonzero(tr), [1.0]),
+                    Samples.of(inputs.arrays, y, np.flatnonzero(va), [1.0]),
                     TrainOptions(epochs=ep, seed=k, learning_rate=lr, patience=pati))
     oof[te] = predict(r.model, x[te], torch.device("cpu"))
     print(k, r.best_epoch, round(r.best_validation_auroc, 3),

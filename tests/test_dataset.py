@@ -11,6 +11,7 @@ import pytest
 from dicomcr.data.dataset import (
     PHANTOM_DICOM,
     ColumnMap,
+    Finding,
     load_dataset,
     mask_beside,
     read_phantom_labels,
@@ -23,7 +24,7 @@ def _images(cohort: Path) -> list[dict]:
     for b in read_phantom_labels(cohort):
         for view, path in (("CC", b.cc), ("MLO", b.mlo)):
             rows.append({"patient": b.patient_id, "side": b.laterality, "view": view,
-                         "path": path, "malignant": b.malignant})
+                         "path": path, "malignant": b.malignant, "finding": b.finding.value})
     return rows
 
 
@@ -74,6 +75,7 @@ def test_rsna_and_vindr_layouts(small_cohort: Path, tmp_path: Path) -> None:
     assert dataset.problems == []
     truth = {b.key: b.malignant for b in read_phantom_labels(small_cohort)}
     assert {b.key: b.malignant for b in dataset.breasts} == truth
+    assert {b.finding for b in dataset.breasts} == {None}  # RSNA's train.csv names no finding
 
     vindr = tmp_path / "vindr" / "images"
     rows = []
@@ -88,6 +90,71 @@ def test_rsna_and_vindr_layouts(small_cohort: Path, tmp_path: Path) -> None:
                     "breast_birads", "breast_density"], rows)
     dataset = load_dataset(vindr, "vindr", table)
     assert {b.key: b.malignant for b in dataset.breasts} == {f"s{k}": v for k, v in truth.items()}
+    assert {b.finding for b in dataset.breasts} == {None}  # the breast level names none
+
+
+def test_vindr_finding_annotations_give_each_breast_its_finding(small_cohort: Path,
+                                                                tmp_path: Path) -> None:
+    """finding_annotations.csv: one row per finding (bounding box), 'No Finding' for an image
+    without; the categories of a breast's rows make its Finding, each image is read once."""
+    breasts = read_phantom_labels(small_cohort)
+    categories = {  # what a VinDr reader would have annotated on the phantom's lesions
+        Finding.NORMAL: [["No Finding"]],
+        Finding.MASS: [["Mass"]],
+        Finding.CALCIFICATION: [["Suspicious Calcification"]],
+        Finding.MASS_CALCIFICATION: [["Mass", "Suspicious Calcification"], ["Mass"]],
+    }
+    images = tmp_path / "vindr" / "images"
+    rows = []
+    for i, b in enumerate(breasts):
+        study = f"s{b.patient_id}"
+        (images / study).mkdir(parents=True, exist_ok=True)
+        birads = "BI-RADS 5" if b.malignant else "BI-RADS 2" if b.finding != "normal" else "BI-RADS 1"
+        for view, path in (("CC", b.cc), ("MLO", b.mlo)):
+            os.link(path, images / study / f"img{i}{view}.dicom")
+            for found in categories[b.finding]:  # one row per finding on the image
+                rows.append([study, "ser", f"img{i}{view}", b.laterality, view, birads,
+                             "DENSITY B", str(found), "", "", "", "", "", "training"])
+    table = _write(tmp_path / "vindr" / "finding_annotations.csv",
+                   ["study_id", "series_id", "image_id", "laterality", "view_position",
+                    "breast_birads", "breast_density", "finding_categories", "finding_birads",
+                    "xmin", "ymin", "xmax", "ymax", "split"], rows)
+    dataset = load_dataset(tmp_path / "vindr" / "images", "vindr", table)
+    assert dataset.problems == []  # a file listed once per finding is one image, not several
+    assert {b.key: (b.malignant, b.finding) for b in dataset.breasts} == {
+        f"s{b.key}": (b.malignant, b.finding) for b in breasts}
+    assert {b.finding for b in breasts} >= {Finding.NORMAL}
+    assert len({b.finding for b in breasts}) > 1  # the cohort has lesions to name
+
+
+def test_a_generic_csv_may_name_a_finding_column(small_cohort: Path, tmp_path: Path) -> None:
+    rows = [[r["patient"], r["side"], r["view"], os.path.relpath(r["path"], small_cohort),
+             r["malignant"], r["finding"]] for r in _images(small_cohort)]
+    table = _write(tmp_path / "t.csv", ["p", "s", "v", "f", "y", "type"], rows)
+    columns = "patient=p,laterality=s,view=v,label=y,path={f}"
+    plain = load_dataset(small_cohort, "csv", table, columns)
+    assert {b.finding for b in plain.breasts} == {None}
+    named = load_dataset(small_cohort, "csv", table, columns + ",finding=type")
+    assert {b.key: b.finding for b in named.breasts} == {
+        b.key: b.finding for b in read_phantom_labels(small_cohort)}
+    with pytest.raises(ValueError, match="no column kind"):
+        load_dataset(small_cohort, "csv", table, columns + ",finding=kind")
+
+
+@pytest.mark.parametrize(("names", "finding"), [
+    ([], Finding.NORMAL),
+    (["", "No Finding", "nan"], Finding.NORMAL),
+    (["['No Finding']"], Finding.NORMAL),
+    (["Mass"], Finding.MASS),
+    (["circumscribed_mass"], Finding.MASS),
+    (["['Suspicious Calcification']", "['Global Asymmetry']"], Finding.CALCIFICATION),
+    (["['Mass', 'Suspicious Calcification']"], Finding.MASS_CALCIFICATION),
+    (["spiculated_mass;pleomorphic_calcifications".replace(";", "|")], Finding.MASS_CALCIFICATION),
+    (["Architectural Distortion", "Focal Asymmetry"], Finding.OTHER),
+    *[([f.value], f) for f in Finding],  # the values read back as themselves
+])
+def test_finding_categories_map_onto_the_finding(names: list[str], finding: Finding) -> None:
+    assert Finding.of(names) is finding
 
 
 @pytest.mark.parametrize(("layout", "labels", "columns", "message"), [

@@ -14,8 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dicomcr.cli import app
-from dicomcr.data.dataset import PHANTOM_DICOM
-from dicomcr.phantom import LABEL_COLUMNS, CohortSpec, write_cohort
+from dicomcr.data.dataset import PHANTOM_DICOM, Finding, read_phantom_labels
+from dicomcr.phantom import LABEL_COLUMNS, CohortSpec, Difficulty, Tissue, write_cohort
 
 runner = CliRunner()
 
@@ -33,7 +33,10 @@ def test_labels_and_masks_describe_the_images(small_cohort: Path) -> None:
     assert len(rows) == 8  # one per breast
     assert sorted(r["finding"] for r in rows).count("normal") == 6
     for row in rows:
-        assert row["malignant"] == str(int(row["finding"] == "malignant"))
+        finding = Finding(row["finding"])
+        assert finding == Finding.of(row["lesion_types"].split(";"))
+        malignant = {"spiculated_mass", "pleomorphic_calcifications"}
+        assert row["malignant"] == str(int(bool(malignant & set(row["lesion_types"].split(";")))))
         for view in ("cc", "mlo"):
             ds = pydicom.dcmread(small_cohort / row[f"{view}_image"])
             assert ds.PatientID == row["patient_id"]
@@ -44,10 +47,20 @@ def test_labels_and_masks_describe_the_images(small_cohort: Path) -> None:
             mask = np.asarray(Image.open(small_cohort / row[f"{view}_mask"]))
             assert mask.shape == (ds.Rows, ds.Columns)
             assert set(np.unique(mask)) <= {0, 255}
-            assert mask.any() == (row["finding"] != "normal")
-            assert bool(row["lesion_types"]) == (row["finding"] != "normal")
+            assert mask.any() == (finding != Finding.NORMAL)
+            assert bool(row["lesion_types"]) == (finding != Finding.NORMAL)
+    findings = {(r["patient_id"], r["laterality"]): Finding(r["finding"]) for r in rows}
+    assert {(b.patient_id, b.laterality): b.finding
+            for b in read_phantom_labels(small_cohort)} == findings
     provenance = json.loads((small_cohort / "phantom.json").read_text())
     assert provenance["seed"] == 11 and provenance["n_studies"] == 4
+    assert provenance["difficulty"] == {"name": "physical", "mass_contrast": 1.0,
+                                        "calc_contrast": 1.0, "size_scale": 1.0,
+                                        "noise_scale": 1.0}
+    tissue = provenance["tissue"]
+    assert tissue.pop("units").startswith("attenuation in 1/mm")
+    assert set(provenance["detectors"]) == {"hologic", "ge"}
+    assert Tissue(**tissue) == Tissue()  # every constant, recorded as used
 
 
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
@@ -79,6 +92,7 @@ def test_command_writes_a_cohort_and_summarises_it(tmp_path: Path) -> None:
         (["--vendor", "siemens"], "unknown vendor"),
         (["--size", "huge"], "unknown size"),
         (["--seed", "-1"], "seed"),
+        (["--difficulty", "hard"], "unknown difficulty"),
     ],
 )
 def test_bad_arguments_give_a_clear_error(tmp_path: Path, args: list[str], message: str) -> None:
@@ -97,3 +111,33 @@ def test_unwritable_output_gives_a_clear_error(tmp_path: Path) -> None:
         assert result.exit_code == 2
         assert str(blocker) in result.output
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_cohort_is_not_written_over_another_unless_forced(tmp_path: Path) -> None:
+    """A new seed into an old OUT would leave the old patients beside a labels.csv that no longer
+    lists them: refused; `force` replaces the old cohort (and only what the phantom writes)."""
+    out = tmp_path / "p"
+    write_cohort(CohortSpec(n_studies=2, seed=1, size="small", vendor="ge"), out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not empty"):
+        write_cohort(CohortSpec(n_studies=1, seed=2, size="small", vendor="ge"), out)
+    assert len(list((out / PHANTOM_DICOM).iterdir())) == 2  # untouched
+    write_cohort(CohortSpec(n_studies=1, seed=2, size="small", vendor="ge",
+                            difficulty=Difficulty.named("conspicuous")), out, force=True)
+    patients = sorted(p.name for p in (out / PHANTOM_DICOM).iterdir())
+    assert patients == ["PH2-00000"] and sorted(p.name for p in (out / "masks").iterdir()) == patients
+    assert [b.patient_id for b in read_phantom_labels(out)] == patients * 2
+    assert json.loads((out / "phantom.json").read_text())["difficulty"]["name"] == "conspicuous"
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_cohort_is_not_overwritten_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "p"
+    args = ["phantom", str(out), "--studies", "1", "--size", "small", "--workers", "1"]
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, [*args, "--seed", "4"])
+    assert again.exit_code == 2 and "is not empty" in again.output
+    replaced = runner.invoke(app, [*args, "--seed", "4", "--force", "--difficulty", "conspicuous"])
+    assert replaced.exit_code == 0, replaced.output
+    recorded = json.loads((out / "phantom.json").read_text())
+    assert recorded["seed"] == 4 and "conspicuous" in json.dumps(recorded["difficulty"])

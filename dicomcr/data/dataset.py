@@ -7,14 +7,18 @@ Readers, all producing the same `Breast` records and a list of problems (never g
   per-image CSVs with known columns and folder layouts (`RSNA`, `VINDR`).
 Images are grouped by patient and laterality; a breast lacking its CC or its MLO is reported and
 left out, and a breast with several images of one view uses the first by file name (reported).
+A breast may also carry what it shows (`Finding`), for metrics per finding type.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 
 FORMATS = ("phantom", "csv", "rsna", "vindr")
@@ -25,9 +29,47 @@ PHANTOM_DICOM = "dicom"
 PHANTOM_MASKS = "masks"
 
 
+class Finding(StrEnum):
+    """What a breast shows, whatever its label: malignancy is `Breast.malignant`, so a benign mass
+    is (MASS, 0) and a cancer seen as a calcification cluster (CALCIFICATION, 1).
+
+    The phantom draws MASS (spiculated if malignant, circumscribed if benign), CALCIFICATION
+    (a pleomorphic cluster if malignant, coarse or scattered if benign) and MASS_CALCIFICATION
+    (a spiculated mass with its cluster); OTHER is for what datasets annotate beside masses and
+    calcifications (asymmetries, architectural distortion, ...).
+    """
+
+    NORMAL = "normal"
+    MASS = "mass"
+    CALCIFICATION = "calcification"
+    MASS_CALCIFICATION = "mass_calcification"
+    OTHER = "other"
+
+    @classmethod
+    def of(cls, categories: Iterable[str]) -> Finding:
+        """The finding of a breast from the category names annotated on its images.
+
+        Each name may itself be a list ("['Mass', 'Suspicious Calcification']", "a;b", "a|b").
+        Case-insensitive: a name containing "mass" is a mass, one containing "calc" a
+        calcification; "", "normal", "none", "no finding" and "nan" name nothing; any other name
+        is OTHER. A mass and a calcification make MASS_CALCIFICATION; either one outranks OTHER.
+        This reads the enum's own values back, VinDr-Mammo's finding_categories, CBIS-DDSM's
+        abnormality type ("mass", "calcification") and the phantom's lesion kinds.
+        """
+        names = {n.strip(" '\"").lower() for c in categories for n in re.split(r"[,;|\[\]]", c)}
+        names -= {"", "normal", "none", "no finding", "nan"}
+        mass = any("mass" in n for n in names)
+        calc = any("calc" in n for n in names)
+        if mass and calc:
+            return cls.MASS_CALCIFICATION
+        if mass or calc:
+            return cls.MASS if mass else cls.CALCIFICATION
+        return cls.OTHER if names else cls.NORMAL
+
+
 @dataclass(frozen=True)
 class Breast:
-    """One classification input: the CC and MLO files of one breast, and its label."""
+    """One classification input: the CC and MLO files of one breast, its label and its finding."""
 
     patient_id: str
     laterality: str
@@ -36,6 +78,7 @@ class Breast:
     malignant: int
     cc_mask: Path | None = None  # lesion masks (PNG, the view's size) when the dataset has them
     mlo_mask: Path | None = None
+    finding: Finding | None = None  # None: the dataset does not say
 
     @property
     def key(self) -> str:
@@ -56,7 +99,9 @@ class ColumnMap:
     """Which CSV column holds what, and how a row's image file is found.
 
     `path` is a template over the row's columns, relative to the image root, e.g.
-    "{patient_id}/{image_id}.dcm"; `positive` lists the label values that mean malignant.
+    "{patient_id}/{image_id}.dcm"; `positive` lists the label values that mean malignant;
+    `finding`, optional, names the column of finding categories (read by `Finding.of`, over all
+    the rows of a breast).
     """
 
     patient: str
@@ -66,6 +111,7 @@ class ColumnMap:
     path: str
     positive: tuple[str, ...] = ("1",)
     view_names: dict[str, str] = field(default_factory=lambda: {"CC": "CC", "MLO": "MLO"})
+    finding: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("patient", "laterality", "view", "label", "path"):
@@ -76,14 +122,16 @@ class ColumnMap:
 
     @classmethod
     def parse(cls, text: str) -> ColumnMap:
-        """'patient=PID,laterality=SIDE,view=VIEW,label=CANCER,path={PID}/{IMG}.dcm[,positive=1|2]'."""
+        """'patient=PID,laterality=SIDE,view=VIEW,label=CANCER,path={PID}/{IMG}.dcm[,positive=1|2]
+        [,finding=TYPE]'."""
+        names = ("patient", "laterality", "view", "label", "path", "positive", "finding")
         fields: dict[str, object] = {}
         for part in (p for p in text.split(",") if p.strip()):
             name, sep, value = part.partition("=")
             name = name.strip()
-            if not sep or name not in ("patient", "laterality", "view", "label", "path", "positive"):
-                raise ValueError(f"--columns: expected name=value with name one of patient, "
-                                 f"laterality, view, label, path, positive; got {part!r}")
+            if not sep or name not in names:
+                raise ValueError(f"--columns: expected name=value with name one of "
+                                 f"{', '.join(names)}; got {part!r}")
             fields[name] = tuple(value.split("|")) if name == "positive" else value.strip()
         missing = {"patient", "laterality", "view", "label", "path"} - fields.keys()
         if missing:
@@ -96,9 +144,12 @@ RSNA = ColumnMap(patient="patient_id", laterality="laterality", view="view", lab
                  path="{patient_id}/{image_id}.dcm")
 # VinDr-Mammo: breast-level_annotations.csv, images/<study>/<image>.dicom. It holds no biopsy
 # result: BI-RADS 4 and 5 (suspicious, highly suggestive) stand for malignant, as is usual.
+# Given finding_annotations.csv instead (the same columns, one row per finding, "No Finding" for
+# an image without), the breasts also carry their finding, from its finding_categories.
 VINDR = ColumnMap(patient="study_id", laterality="laterality", view="view_position",
                   label="breast_birads", path="{study_id}/{image_id}.dicom",
                   positive=("BI-RADS 4", "BI-RADS 5"))
+VINDR_FINDINGS = replace(VINDR, finding="finding_categories")
 LAYOUTS = {"rsna": RSNA, "vindr": VINDR}
 
 
@@ -128,8 +179,10 @@ def read_phantom_labels(folder: Path) -> list[Breast]:
         for number, row in enumerate(csv.DictReader(handle), start=2):
             try:
                 masks = [folder / row[k] if row.get(k) else None for k in ("cc_mask", "mlo_mask")]
+                # From the lesion kinds, which every cohort has (`finding` held the class before).
                 breast = Breast(row["patient_id"], row["laterality"], folder / row["cc_image"],
-                                folder / row["mlo_image"], int(row["malignant"]), *masks)
+                                folder / row["mlo_image"], int(row["malignant"]), *masks,
+                                finding=Finding.of(row["lesion_types"].split(";")))
             except (KeyError, ValueError) as exc:
                 raise ValueError(f"{labels}:{number}: bad row ({exc})") from exc
             for view in (breast.cc, breast.mlo):
@@ -151,9 +204,11 @@ def read_image_table(table: Path, images: Path, columns: ColumnMap) -> Dataset:
     problems: list[str] = []
     views: dict[tuple[str, str], dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
     labels: dict[tuple[str, str], int] = {}
+    categories: dict[tuple[str, str], list[str]] = defaultdict(list)
     with open(table, newline="") as handle:
         reader = csv.DictReader(handle)
         needed = {columns.patient, columns.laterality, columns.view, columns.label}
+        needed |= {columns.finding} if columns.finding else set()
         missing = needed - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{table}: no column {', '.join(sorted(missing))} "
@@ -175,9 +230,12 @@ def read_image_table(table: Path, images: Path, columns: ColumnMap) -> Dataset:
                 problems.append(f"{table}:{number}: image {path} not found; row skipped")
                 continue
             key = (row[columns.patient].strip(), side)
-            views[key][view].append(path)
+            if path not in views[key][view]:  # a file listed once per finding is one image
+                views[key][view].append(path)
             positive = int(row[columns.label].strip() in columns.positive)
             labels[key] = max(labels.get(key, 0), positive)
+            if columns.finding:
+                categories[key].append(row[columns.finding])
     breasts = []
     for (patient, side), found in sorted(views.items()):
         lacking = [v for v in ("CC", "MLO") if not found.get(v)]
@@ -191,8 +249,9 @@ def read_image_table(table: Path, images: Path, columns: ColumnMap) -> Dataset:
                 problems.append(f"{patient} {side}: {len(paths)} {view} images, using {paths[0].name}")
             chosen[view] = paths[0]
         masks = [mask_beside(chosen[v]) for v in ("CC", "MLO")]
+        finding = Finding.of(categories[(patient, side)]) if columns.finding else None
         breasts.append(Breast(patient, side, chosen["CC"], chosen["MLO"], labels[(patient, side)],
-                              *masks))
+                              *masks, finding=finding))
     if not breasts:
         raise ValueError(f"{table}: no breast with both a CC and an MLO image"
                          + (f" ({problems[0]} ...)" if problems else ""))
@@ -220,7 +279,14 @@ def load_dataset(data: Path, layout: str = "phantom", labels: Path | None = None
         if columns is not None:
             raise ValueError(f"--columns is for --format csv; {layout} has known columns")
         column_map = LAYOUTS[layout]
+        if layout == "vindr" and _has_column(labels, VINDR_FINDINGS.finding):
+            column_map = VINDR_FINDINGS
     return read_image_table(labels, data, column_map)
+
+
+def _has_column(table: Path, name: str | None) -> bool:
+    with open(table, newline="") as handle:
+        return name in next(csv.reader(handle), [])
 
 
 def fingerprint(breasts: list[Breast]) -> str:

@@ -5,7 +5,8 @@ Layout of OUT (the names are `dicomcr.data.dataset`'s, which reads it back):
                                      `storescu +sd +r` or a PACS's folder import sends it whole
     OUT/masks/<patient_id>/LCC.png   the ground-truth lesion mask of that view (255 = lesion)
     OUT/labels.csv                   one row per breast (see LABEL_COLUMNS), paths relative to OUT
-    OUT/phantom.json                 the parameters that reproduce the cohort
+    OUT/phantom.json                 the parameters that reproduce the cohort, the tissue constants
+OUT must be empty (or absent): with `force`, a cohort already there is replaced.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -24,15 +26,19 @@ import numpy as np
 from PIL import Image
 
 from dicomcr import __version__
-from dicomcr.data.dataset import PHANTOM_DICOM, PHANTOM_MASKS
+from dicomcr.data.dataset import PHANTOM_DICOM, PHANTOM_MASKS, Finding
 
-from .params import VENDOR_CHOICES, CohortMix, Difficulty
+from .params import DETECTORS, VENDOR_CHOICES, CohortMix, Difficulty, Tissue
 from .study import PhantomStudy, generate_study
 
 LABEL_COLUMNS = (
     "patient_id", "study_instance_uid", "laterality", "finding", "malignant", "lesion_types",
     "density", "vendor", "photometric", "cc_image", "mlo_image", "cc_mask", "mlo_mask",
 )
+"""`finding` is what the breast shows (a `Finding` value: normal, mass, calcification,
+mass_calcification), `malignant` its label (1 or 0), `lesion_types` the phantom's lesion kinds."""
+COHORT_FILES = (PHANTOM_DICOM, PHANTOM_MASKS, "labels.csv", "phantom.json")
+"""What `write_cohort` writes into OUT, and all that `force` removes from it."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class CohortSpec:
     vendor: str = "mixed"
     difficulty: Difficulty = field(default_factory=Difficulty)
     mix: CohortMix = field(default_factory=CohortMix)
+    physics: Tissue = field(default_factory=Tissue)
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_studies, int) or self.n_studies <= 0:
@@ -85,7 +92,8 @@ def write_study(spec: CohortSpec, index: int, finding: str, out: Path) -> StudyR
     """Generate study `index` and write its DICOM files and masks into the cohort folder `out`."""
     start = time.perf_counter()
     vendor = spec.vendor_of(index)
-    study = generate_study(spec.seed, index, finding, vendor, spec.size, spec.difficulty)
+    study = generate_study(spec.seed, index, finding, vendor, spec.size, spec.difficulty,
+                           spec.physics)
     dicom, masks = (out / tree / study.patient_id for tree in (PHANTOM_DICOM, PHANTOM_MASKS))
     dicom.mkdir(parents=True, exist_ok=True)
     masks.mkdir(parents=True, exist_ok=True)
@@ -105,7 +113,7 @@ def _label_rows(study: PhantomStudy) -> tuple[dict[str, str], ...]:
             "patient_id": study.patient_id,
             "study_instance_uid": study.study_uid,
             "laterality": side,
-            "finding": truth.finding,
+            "finding": Finding.of(lesion.kind for lesion in truth.lesions).value,
             "malignant": str(int(truth.finding == "malignant")),
             "lesion_types": ";".join(lesion.kind for lesion in truth.lesions),
             "density": study.density,
@@ -161,11 +169,15 @@ class CohortSummary:
 
 def write_cohort(
     spec: CohortSpec, out: Path, workers: int = 1,
-    progress: Callable[[StudyRecord], None] | None = None,
+    progress: Callable[[StudyRecord], None] | None = None, force: bool = False,
 ) -> CohortSummary:
-    """Write the whole cohort, labels.csv and phantom.json; return what was written."""
+    """Write the whole cohort, labels.csv and phantom.json into `out`; return what was written.
+
+    `out` must be empty or absent, so that labels.csv lists every patient folder beside it;
+    `force` first removes a cohort written there before (COHORT_FILES, nothing else).
+    """
     out = Path(out)
-    _check_writable(out)
+    _check_writable(out, force)
     start = time.perf_counter()
     records = []
     for record in iter_cohort(spec, out, workers):
@@ -181,7 +193,11 @@ def write_cohort(
     (out / "phantom.json").write_text(json.dumps({
         "generator": f"dicomcr {__version__}",
         "n_studies": spec.n_studies, "seed": spec.seed, "size": spec.size, "vendor": spec.vendor,
-        "difficulty": asdict(spec.difficulty), "mix": asdict(spec.mix),
+        "difficulty": {"name": spec.difficulty.name, **asdict(spec.difficulty)},
+        "mix": asdict(spec.mix),
+        "tissue": {"units": "attenuation in 1/mm near 20 keV, thickness in mm, fluence in "
+                            "photons per mm^2 behind the breast", **asdict(spec.physics)},
+        "detectors": {r.vendor: asdict(DETECTORS[r.vendor]) for r in records},  # at full size
     }, indent=2) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     elapsed = time.perf_counter() - start
@@ -195,10 +211,20 @@ def write_cohort(
     )
 
 
-def _check_writable(out: Path) -> None:
-    """Fail early, with the path, when OUT cannot be created or written."""
+def _check_writable(out: Path, force: bool) -> None:
+    """Fail early, with the path, when OUT cannot be created or written, or is not empty."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise ValueError(f"{out} is not empty: write the cohort into a new folder, or force "
+                             f"it to replace the cohort there ({', '.join(COHORT_FILES)})")
+        for name in COHORT_FILES:
+            old = out / name
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            elif old.exists() or old.is_symlink():
+                old.unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

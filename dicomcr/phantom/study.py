@@ -1,7 +1,9 @@
 """One synthetic screening study: a patient, two breasts, four views, their lesions and truth.
 
 A study is a pure function of (seed, index, finding, vendor, size, difficulty): the same arguments
-give the same pixels, UIDs and dates, on any machine and in any order of generation.
+give the same pixels, UIDs and dates, on any machine and in any order of generation. Its UIDs also
+name the vendor, size, difficulty and tissue constants: other pixels, other instances (a cache keyed
+by SOP Instance UID never mistakes one for the other).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from scipy import ndimage
 from ..dicom.mammography import MammographyImage
 from ..dicom.uids import derived_uid
 from .anatomy import BreastShape, BreastTissue, Pectoral, breast_fields
-from .detector import log_signal, presentation_curve, to_pixels, voi_window
+from .detector import log_signal, presentation_curve, registered_range, to_pixels, voi_window
 from .lesions import BENIGN_KINDS, MALIGNANT_KINDS, Canvas, Lesion, draw_lesion, render_lesion
 from .params import DETECTORS, SIZE_CHOICES, SMALL_FACTOR, Detector, Difficulty, Tissue
 
@@ -69,14 +71,19 @@ class PhantomStudy:
     thickness_mm: dict[str, float]
     breasts: dict[str, BreastTruth]
     views: list[PhantomView]
+    variant: str = ""  # what else shapes the pixels: vendor, size, difficulty, tissue constants
+
+    def uid(self, part: str) -> str:
+        """The study's, series' or a view's UID: a pure function of what made its pixels."""
+        return derived_uid("dicomcr-phantom", self.seed, self.index, self.variant, part)
 
     @property
     def study_uid(self) -> str:
-        return derived_uid("dicomcr-phantom", self.seed, self.index, "study")
+        return self.uid("study")
 
     @property
     def series_uid(self) -> str:
-        return derived_uid("dicomcr-phantom", self.seed, self.index, "series")
+        return self.uid("series")
 
     @property
     def age_years(self) -> int:
@@ -104,7 +111,7 @@ class PhantomStudy:
             accession_number=f"PH{self.seed % 10000:04d}{self.index:06d}",
             series_instance_uid=self.series_uid,
             series_number=1,
-            sop_instance_uid=derived_uid("dicomcr-phantom", self.seed, self.index, view.name),
+            sop_instance_uid=self.uid(view.name),
             instance_number=instance_number,
             manufacturer=self.detector.manufacturer,
             manufacturer_model_name=self.detector.model_name,
@@ -277,7 +284,7 @@ def generate_study(
         patient_id=f"PH{seed}-{index:05d}", patient_name=f"PHANTOM^S{seed}N{index:05d}",
         birth_date=birth_date, study_date=study_date, study_time=study_time, density=density,
         thickness_mm={k: round(s.thickness_mm, 1) for k, s in shapes.items()},
-        breasts=breasts, views=views,
+        breasts=breasts, views=views, variant=f"{vendor}/{size}/{difficulty}/{physics}",
     )
 
 
@@ -301,7 +308,8 @@ def _render_view(side: str, view: str, shape: BreastShape, tissue: BreastTissue,
     signal, breast = log_signal(fields, delta, factor, detector, physics, difficulty, rng)
     del delta
     mask &= breast
-    pixels = to_pixels(signal, presentation_curve(fields), detector)
+    curve = presentation_curve(fields, registered_range(fields, detector, physics))
+    pixels = to_pixels(signal, curve, detector)
     del signal
     if side == "R":  # mirror: the right breast's chest wall is the image's right edge
         pixels, mask, breast = pixels[:, ::-1], mask[:, ::-1], breast[:, ::-1]
