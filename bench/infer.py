@@ -26,9 +26,17 @@ from pathlib import Path
 import pydicom
 import torch
 
-from dicomcr.data.preprocess import breast_input, normalise_image, resize_and_crop, split_columns, to_view
+from dicomcr.data.preprocess import (
+    FULL_SIZE_VIEWS,
+    Preprocessing,
+    breast_input,
+    normalise_image,
+    resize_and_crop,
+    to_view,
+)
 from dicomcr.dicom.source import read_source
-from dicomcr.inference.classify import Classifier, grad_cam
+from dicomcr.explain.gradcam import grad_cam
+from dicomcr.inference.classify import Classifier
 from dicomcr.inference.objects import write_objects
 from dicomcr.models import CNN3, CNN3Spec
 from dicomcr.models.modelfile import ModelInfo, save_model
@@ -39,13 +47,12 @@ from services.inference import infer_study
 
 def _model(folder: Path) -> Path:
     torch.manual_seed(0)
-    spec = CNN3Spec()
+    p = Preprocessing().for_views(FULL_SIZE_VIEWS)  # the paper's pitch, as `dicomcr train` makes
+    spec = CNN3Spec(input_size=p.model_input)
     path = folder / "cnn3-bench.dcmcr"
     save_model(CNN3(spec).eval(), ModelInfo(
-        architecture="cnn3", spec=spec.as_dict(),
-        preprocessing={"scale": 0.3, "crop_fraction_y": 0.2, "input_size": [256, 256],
-                       "mirror_right": True},
-        trained_crs=[20.0], data_fingerprint="bench"), path)
+        architecture="cnn3", spec=spec.as_dict(), preprocessing=p.as_dict(),
+        trained_crs=[20.0], data_fingerprint="bench", threshold=0.5), path)
     return path
 
 
@@ -71,11 +78,10 @@ def _stages(classifier: Classifier, files: list[Path], out: Path) -> dict[str, f
     start = time.perf_counter()
     for side in "LR":
         cam = grad_cam(classifier.network, torch.from_numpy(inputs[side])[None, None].float())
-        split = split_columns(crops[(side, "CC")].shape, crops[(side, "MLO")].shape, p)
-        for view, part in (("CC", cam[:, :split]), ("MLO", cam[:, split:])):
+        for view in ("CC", "MLO"):
             shape = next(s.pixels.shape for s in sources if str(s.dataset.ImageLaterality) == side
                          and str(s.dataset.ViewPosition) == view)
-            to_view(part, shape, side, view, p)
+            to_view(cam, shape, side, view, p)
     t["grad-cam"] = time.perf_counter() - start
     result = classifier.classify(files)
     start = time.perf_counter()

@@ -59,12 +59,22 @@ def phantom(
                     ] = "full",
     vendor: Annotated[str, typer.Option(help="hologic, ge or mixed (alternating).")] = "mixed",
     workers: Annotated[int, typer.Option(help="Processes; default: all cores.")] = 0,
+    difficulty: Annotated[str, typer.Option(help="Lesion difficulty: physical (the physics alone, "
+                                                 "the default) or conspicuous (the earlier default:"
+                                                 " masses x3, calcifications x8, sizes x2, beyond "
+                                                 "the detector's range).")] = "physical",
+    force: Annotated[bool, typer.Option("--force", help="Replace a cohort already in OUT (its "
+                                        "dicom/, masks/, labels.csv, phantom.json).")] = False,
 ) -> None:
-    """Write a synthetic four-view screening mammography cohort with lesion masks and labels.csv."""
-    from dicomcr.phantom import CohortSpec, write_cohort
+    """Write a synthetic four-view screening mammography cohort with lesion masks and labels.csv.
+
+    OUT/dicom holds the DICOM files and nothing else (send it whole); OUT/masks the lesion masks.
+    """
+    from dicomcr.phantom import CohortSpec, Difficulty, write_cohort
 
     try:
-        spec = CohortSpec(n_studies=studies, seed=seed, size=size, vendor=vendor)
+        spec = CohortSpec(n_studies=studies, seed=seed, size=size, vendor=vendor,
+                          difficulty=Difficulty.named(difficulty))
     except ValueError as exc:
         fail(str(exc))
     workers = workers if workers > 0 else (os.cpu_count() or 1)
@@ -72,7 +82,8 @@ def phantom(
     with _progress("phantom", "studies", disable=studies < 2) as bar:
         task = bar.add_task("phantom", total=studies)
         try:
-            summary = write_cohort(spec, out, workers, progress=lambda _: bar.advance(task))
+            summary = write_cohort(spec, out, workers, progress=lambda _: bar.advance(task),
+                                   force=force)
         except ValueError as exc:
             fail(str(exc))
 
@@ -88,6 +99,8 @@ def phantom(
     table.add_row("size on disk", f"{summary.bytes_written / 2**20:.1f} MiB")
     table.add_row("time", f"{summary.seconds:.1f} s ({summary.seconds_per_study:.2f} s per study, "
                           f"{workers} worker{'s' if workers > 1 else ''})")
+    table.add_row("DICOM", f"{summary.dicom} (DICOM files only: send this folder)")
+    table.add_row("lesion masks", str(summary.masks))
     table.add_row("labels", str(summary.out / "labels.csv"))
     Console().print(table)
 
@@ -233,7 +246,9 @@ EpochsOpt = Annotated[int, typer.Option(help="Maximum epochs.")]
 BatchOpt = Annotated[int, typer.Option(help="Inputs per batch.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the split, the weights and the order.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-InputSizeOpt = Annotated[int, typer.Option(help="Model input rows = columns.")]
+InputSizeOpt = Annotated[int | None, typer.Option(help="Model input rows = columns: shrinks the "
+                                                "pair, trading resolution for CPU time. Default: "
+                                                "the pair at the paper's 30 % pitch, padded.")]
 CR_FORMS = ("repeatable; each a CR, a list '1,20,1000', a range of the paper's CRs '1-11000' or "
             "'paper' (1 and the paper's ten lossy CRs); 1 = the original")
 
@@ -271,57 +286,28 @@ def _dataset(data: Path, layout: str, labels: Path | None, columns: str | None):
     return breasts
 
 
-def _inputs(breasts: list, crs: list[float], p, cache: Path | None, data: Path, workers: int):
-    """The preprocessed inputs at every CR, from the cache or computed with a progress bar."""
-    from dicomcr.data.cache import breast_inputs
-    from dicomcr.dicom.source import InputError
+def _preprocessing(input_size: int | None):
+    """The paper's preprocessing; the canvas comes from the data, `--input-size` shrinks it."""
+    from dicomcr.data.preprocess import Preprocessing
 
-    workers = workers if workers > 0 else (os.cpu_count() or 1)
-    with _progress("preprocess", "views (missing from the cache)") as bar:
-        task = bar.add_task("preprocess", total=None)
-        try:
-            return breast_inputs(breasts, crs, p, cache or Path(data) / ".dicomcr-cache", workers,
-                                 lambda done, total: bar.update(task, completed=done, total=total))
-        except (InputError, ValueError, OSError) as exc:
-            fail(f"preprocessing failed: {exc}")
-
-
-def _architecture(arch: str, input_size: int, imagenet: Path | None):
-    """(build, spec) of the network to train; ResNet18 starts from ImageNet weights if on disk."""
-    from dicomcr.models import ARCHITECTURES, CNN3, CNN3Spec, ResNet18, ResNet18Spec
-    from dicomcr.models.resnet18 import imagenet_weights_path
-
-    size = (input_size, input_size)
-    if arch not in ARCHITECTURES:
-        fail(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    if arch == "cnn3":
-        cnn3 = CNN3Spec(input_size=size)
-        return (lambda: CNN3(cnn3)), cnn3.as_dict()
-    weights = imagenet or imagenet_weights_path()
-    if imagenet is not None and not imagenet.is_file():
-        fail(f"--imagenet-weights {imagenet}: no such file")
-    if not weights.is_file():
-        console.print(f"[yellow]ImageNet weights for ResNet18 not found at {weights} (nothing is "
-                      "downloaded): training ResNet18 from scratch.[/]")
-        plain = ResNet18Spec(input_size=size, imagenet=False)
-        return (lambda: ResNet18(plain)), plain.as_dict()
-    spec = ResNet18Spec(input_size=size, imagenet=True)
     try:
-        ResNet18(spec).load_imagenet(weights)  # fail now, not in the first fold
+        return Preprocessing(input_size=(input_size, input_size) if input_size else None)
     except ValueError as exc:
         fail(str(exc))
-    console.print(f"ResNet18 starts from the ImageNet weights in {weights}")
 
-    def build() -> ResNet18:
-        net = ResNet18(spec)
-        net.load_imagenet(weights)
-        return net
 
-    return build, spec.as_dict()
+def _network(arch: str, imagenet: Path | None):
+    from dicomcr.experiments.run import Network
+    from dicomcr.models import ARCHITECTURES, Architecture
+
+    if arch not in ARCHITECTURES:
+        fail(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return Network(Architecture(arch), imagenet)
 
 
 def _options(epochs: int, batch_size: int, seed: int, device: str):
-    from dicomcr.experiments.train import TrainOptions, pick_device
+    from dicomcr.experiments.train import TrainOptions
+    from dicomcr.models import pick_device
 
     try:
         options = TrainOptions(epochs=epochs, batch_size=batch_size, seed=seed, device=device)
@@ -329,6 +315,41 @@ def _options(epochs: int, batch_size: int, seed: int, device: str):
     except ValueError as exc:
         fail(str(exc))
     return options
+
+
+def _bars() -> Progress:
+    """Progress bars of a run with stages (preprocess, then train or cv), one line each."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[unit]}"), TextColumn("{task.fields[status]}"),
+                    TimeElapsedColumn(), console=console)
+
+
+def _say(text: str) -> None:
+    console.print(text, style="yellow", markup=False, highlight=False)
+
+
+def _preprocess(breasts: list, crs: list[float], p, cache: Path | None, data: Path,
+                workers: int):
+    """The preprocessed inputs at every CR, from the cache or computed with a progress bar."""
+    from dicomcr.experiments.run import Events, preprocess
+
+    with _bars() as bar:
+        task = bar.add_task("preprocess", total=None, unit="views (missing from the cache)",
+                            status="")
+        events = Events(preprocess=lambda done, total: bar.update(task, completed=done,
+                                                                  total=total))
+        try:
+            return preprocess(breasts, crs, p, _cache(cache, data), _workers(workers), events)
+        except ValueError as exc:
+            fail(str(exc))
+
+
+def _cache(cache: Path | None, data: Path) -> Path:
+    return cache or Path(data) / ".dicomcr-cache"
+
+
+def _workers(workers: int) -> int:
+    return workers if workers > 0 else (os.cpu_count() or 1)
 
 
 @app.command()
@@ -346,7 +367,7 @@ def train(
     batch_size: BatchOpt = 16,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    input_size: InputSizeOpt = 256,
+    input_size: InputSizeOpt = None,
     layout: FormatOpt = "phantom",
     labels_csv: LabelsOpt = None,
     columns: ColumnsOpt = None,
@@ -354,17 +375,7 @@ def train(
     workers: WorkersOpt = 0,
 ) -> None:
     """Train a classifier at one CR or a CR mixture; split by patient 7:1:2, early stopping on val AUROC."""
-    from dataclasses import asdict
-
-    import numpy as np
-    import torch
-
-    from dicomcr.data.dataset import fingerprint
-    from dicomcr.data.preprocess import Preprocessing
-    from dicomcr.experiments.metrics import auroc_delong, youden_threshold
-    from dicomcr.experiments.splits import split_patients
-    from dicomcr.experiments.train import predict, stack_crs, train_model
-    from dicomcr.models.modelfile import ModelInfo, save_model
+    from dicomcr.experiments.run import Events, train_classifier
 
     if (cr is None) == (cr_mix is None):
         fail("give exactly one of --cr and --cr-mix")
@@ -373,61 +384,49 @@ def train(
         fail(f"--cr names one CR to train at, got {', '.join(f'{c:g}' for c in crs)}: "
              f"for a mixture use --cr-mix")
     options = _options(epochs, batch_size, seed, device)
-    try:
-        p = Preprocessing(input_size=(input_size, input_size))
-    except ValueError as exc:
-        fail(str(exc))
-    build, spec = _architecture(arch, input_size, imagenet_weights)
+    p = _preprocessing(input_size)
+    network = _network(arch, imagenet_weights)
     breasts = _dataset(data, layout, labels_csv, columns)
-    train_ids, val_ids, test_ids = split_patients([b.patient_id for b in breasts],
-                                                  [b.malignant for b in breasts], seed)
-    inputs = _inputs(breasts, crs, p, cache, data, workers)
-    labels = np.array([b.malignant for b in breasts])
-
-    def rows(ids: set[str]) -> np.ndarray:
-        return np.array([i for i, b in enumerate(breasts) if b.patient_id in ids], dtype=int)
-
-    train_x, train_y = stack_crs(inputs, labels, rows(train_ids), crs)
-    val_x, val_y = stack_crs(inputs, labels, rows(val_ids), crs)
-    try:
-        with _progress("train", "epochs", status=True) as bar:
-            task = bar.add_task("train", total=options.epochs, status="")
-            result = train_model(build, train_x, train_y, val_x, val_y, options, lambda r: bar.update(
-                task, advance=1, status=f"loss {r['loss']:.3f} val AUROC {r['val_auroc']:.3f}"))
-    except ValueError as exc:
-        fail(str(exc))
-    test_index = rows(test_ids)
-    report = {"best_epoch": result.best_epoch, "val_auroc": result.best_validation_auroc,
-              "threshold": 0.5}
-    try:  # the operating point, from validation data: Youden's J
-        report["threshold"] = youden_threshold(val_y, predict(result.model, val_x,
-                                                              torch.device("cpu")))
-    except ValueError as exc:
-        console.print(f"operating threshold left at 0.5 ({exc})")
-    for c in crs:
-        scores = predict(result.model, inputs[c][test_index], torch.device("cpu"))
+    with _bars() as bar:
+        pre = bar.add_task("preprocess", total=None, unit="views (missing from the cache)",
+                           status="")
+        fit = bar.add_task("train", total=options.epochs, unit="epochs", status="")
+        events = Events(
+            note=_say,
+            preprocess=lambda done, total: bar.update(pre, completed=done, total=total),
+            epoch=lambda r: bar.update(fit, advance=1, status=f"loss {r['loss']:.3f} val AUROC "
+                                                              f"{r['val_auroc']:.3f}"))
         try:
-            estimate = auroc_delong(labels[test_index], scores)
-        except ValueError as exc:  # a test split too small for an interval: said, not hidden
-            console.print(f"test AUROC at CR {c:g}: not computed ({exc})")
-            continue
-        report[f"test_auroc_cr{c:g}"] = [estimate.value, estimate.low, estimate.high]
-    save_model(result.model, ModelInfo(
-        architecture=arch, spec=spec, preprocessing=asdict(p), trained_crs=crs,
-        data_fingerprint=fingerprint(breasts), validation=report), out)
-    table = Table(title=f"{arch} trained at CR {', '.join(f'{c:g}' for c in crs)}",
-                  show_header=False)
-    table.add_row("split (patients)", f"{len(train_ids)} / {len(val_ids)} / {len(test_ids)}")
-    table.add_row("best epoch", str(result.best_epoch))
-    table.add_row("operating threshold", f"{report['threshold']:.4f} (Youden's J on validation)")
+            trained = train_classifier(breasts, crs, out, _cache(cache, data), network=network,
+                                       options=options, preprocessing=p,
+                                       workers=_workers(workers), events=events)
+        except ValueError as exc:
+            fail(str(exc))
+    _print_trained(trained, arch)
+
+
+def _print_trained(trained, arch: str) -> None:
+    """The summary of `dicomcr train`: split, geometry, epoch, threshold, test AUROC per CR."""
+    import numpy as np
+
+    from dicomcr.data.preprocess import Preprocessing
+
+    p = Preprocessing.from_dict(trained.info.preprocessing)
+    crs = ", ".join(f"{c:g}" for c in trained.info.trained_crs)
+    table = Table(title=f"{arch} trained at CR {crs}", show_header=False)
+    table.add_row("split (patients)", " / ".join(str(n) for n in trained.split))
+    table.add_row("input", f"{p.model_input[0]} x {p.model_input[1]}" + (
+        f" (the pair at {p.scale:g} of the image, padded)" if p.keeps_pitch else
+        f" (the {p.canvas[0]} x {p.canvas[1]} pair at {p.scale:g}, shrunk)"))
+    table.add_row("best epoch", str(trained.best_epoch))
+    table.add_row("operating threshold", f"{trained.threshold:.4f} ({trained.threshold_rule})")
     table.add_row("validation AUROC", "n/a (the validation split lacks a class)"
-                  if np.isnan(result.best_validation_auroc)
-                  else f"{result.best_validation_auroc:.3f}")
-    for key, value in report.items():
-        if key.startswith("test_auroc"):
-            table.add_row(key.replace("_", " "), f"{value[0]:.3f} (95% CI {value[1]:.3f}-"
-                                                 f"{value[2]:.3f})")
-    table.add_row("model file", str(out))
+                  if np.isnan(trained.validation_auroc) else f"{trained.validation_auroc:.3f}")
+    for c, estimate in trained.test.items():
+        table.add_row(f"test AUROC at CR {c:g}", f"not computed ({estimate})"
+                      if isinstance(estimate, str) else
+                      f"{estimate.value:.3f} (95% CI {estimate.low:.3f}-{estimate.high:.3f})")
+    table.add_row("model file", str(trained.path))
     Console().print(table)
 
 
@@ -463,7 +462,7 @@ def evaluate(
     crs = _crs(cr) if cr else sorted(set(info.trained_crs))
     breasts = _dataset(data, layout, labels_csv, columns)
     p = Preprocessing.from_dict(info.preprocessing)
-    inputs = _inputs(breasts, crs, p, cache, data, workers)
+    inputs = _preprocess(breasts, crs, p, cache, data, workers)
     labels = np.array([b.malignant for b in breasts])
     table = Table(title=f"{model.name} (trained at CR {', '.join(f'{c:g}' for c in info.trained_crs)})"
                         f" on {len(breasts)} breasts of {data}")
@@ -508,7 +507,7 @@ def cv(
     batch_size: BatchOpt = 16,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    input_size: InputSizeOpt = 256,
+    input_size: InputSizeOpt = None,
     layout: FormatOpt = "phantom",
     labels_csv: LabelsOpt = None,
     columns: ColumnsOpt = None,
@@ -516,116 +515,53 @@ def cv(
     workers: WorkersOpt = 0,
 ) -> None:
     """Five-fold cross-validation of the paper's experiments: Table 1, --cross Table 2, --augment Fig. 4."""
-    from dataclasses import asdict
-
-    import numpy as np
-
-    from dicomcr.data.dataset import fingerprint
-    from dicomcr.data.preprocess import Preprocessing
-    from dicomcr.experiments import cv as cvlib
-    from dicomcr.experiments.report import write_figures
-    from dicomcr.models.modelfile import ModelInfo, save_model
+    from dicomcr.experiments.run import Events, run_cv
 
     crs = _crs(cr or ["paper"])
-    try:
-        plans = cvlib.plan_models(crs, cross, augment)
-        p = Preprocessing(input_size=(input_size, input_size))
-    except ValueError as exc:
-        fail(str(exc))
     options = _options(epochs, batch_size, seed, device)
-    build, spec = _architecture(arch, input_size, imagenet_weights)
+    p = _preprocessing(input_size)
+    network = _network(arch, imagenet_weights)
     breasts = _dataset(data, layout, labels_csv, columns)
-    patient_of = [b.patient_id for b in breasts]
-    labels = np.array([b.malignant for b in breasts])
-    try:
-        fold_list = cvlib.cv_folds(patient_of, labels.tolist(), folds, seed)
-    except ValueError as exc:
-        fail(str(exc))
-    inputs = _inputs(breasts, crs, p, cache, data, workers)
-    data_id = fingerprint(breasts)
-
-    def identity(plan: cvlib.ModelPlan, fold: cvlib.Fold) -> str:
-        return cvlib.fold_identity(plan, fold, arch, spec, options, asdict(p), data_id)
-
-    results_dir = cvlib.ResultsDir(out)
-    reused = 0
-    with _progress("cv", "folds", status=True) as bar:
-        task = bar.add_task("cv", total=len(plans) * len(fold_list), status="")
+    with _bars() as bar:
+        pre = bar.add_task("preprocess", total=None, unit="views (missing from the cache)",
+                           status="")
+        task = bar.add_task("cv", total=None, unit="folds", status="")
         current = {"name": ""}
 
-        def on_fold(plan: cvlib.ModelPlan, fold: cvlib.Fold, done: bool) -> None:
-            nonlocal reused
+        def on_fold(plan, fold, done: bool) -> None:
             if current["name"]:
                 bar.advance(task)
-            current["name"] = f"{plan.name} fold {fold.index + 1}/{len(fold_list)}"
-            reused += done
+            current["name"] = f"{plan.name} fold {fold.index + 1}/{folds}"
             bar.update(task, status=current["name"] + (" (done before)" if done else ""))
 
         def on_epoch(record: dict) -> None:
             bar.update(task, status=f"{current['name']} epoch {record['epoch']} "
                                     f"val AUROC {record['val_auroc']:.3f}")
 
-        def on_model(plan: cvlib.ModelPlan, result: cvlib.FoldResult, network) -> None:
-            path = results_dir.model_path(plan.name, result.fold)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_model(network, ModelInfo(
-                architecture=arch, spec=spec, preprocessing=asdict(p),
-                trained_crs=list(plan.train_crs), data_fingerprint=data_id,
-                validation={"best_epoch": result.best_epoch,
-                            "val_auroc": result.validation_auroc, "fold": result.fold}), path)
-
+        events = Events(note=_say, fold=on_fold, epoch=on_epoch,
+                        preprocess=lambda done, total: bar.update(pre, completed=done,
+                                                                  total=total))
         try:
-            results = cvlib.cross_validate(plans, fold_list, [b.key for b in breasts], patient_of,
-                                           inputs, labels, build, options, identity, results_dir,
-                                           on_fold, on_epoch, on_model)
+            run = run_cv(breasts, crs, out, _cache(cache, data), folds=folds, cross=cross,
+                         augment=augment, saliency=saliency, network=network, options=options,
+                         preprocessing=p, workers=_workers(workers), events=events,
+                         source=str(data))
         except ValueError as exc:
-            fail(f"training failed: {exc}")
-        bar.advance(task)
-    if reused:
-        console.print(f"{reused} fold(s) were finished before and reused from {out}/folds")
-    try:
-        rows = cvlib.summarise(plans, results, seed)
-    except ValueError as exc:
-        fail(f"the metrics cannot be computed: {exc}")
-    meta = {"data": str(data), "data_fingerprint": data_id, "architecture": arch, "spec": spec,
-            "preprocessing": asdict(p), "options": asdict(options), "folds": folds,
-            "crs": crs, "cross": cross, "augment": augment, "breasts": len(breasts),
-            "patients": len(set(patient_of)), "malignant": int(labels.sum())}
-    scored = _saliency(breasts, plans, results, inputs, p, results_dir) if saliency else None
-    cvlib.write_tables(out, rows, results, meta, scored)
-    figures = write_figures(out, plans, rows, results)
-    _print_rows(rows, plans, cross or augment)
-    if scored:
+            fail(str(exc))
+        bar.update(task, total=len(run.plans) * folds, completed=len(run.plans) * folds)
+    if run.reused:
+        console.print(f"{run.reused} fold(s) were finished before and reused from {out}/folds")
+    _print_rows(run.rows, run.plans, cross or augment)
+    if run.saliency:
         table = Table(title="Grad-CAM against the lesion masks (malignant breasts, out of fold)")
         for name in ("model", "breasts", "pointing game (95% CI)", "energy inside (mean ± sd)"):
             table.add_column(name)
-        for r in scored:
+        for r in run.saliency:
             table.add_row(r.model, str(r.n), f"{r.pointing_rate:.2f} ({r.pointing_low:.2f}-"
                           f"{r.pointing_high:.2f})", f"{r.energy_mean:.3f} ± {r.energy_sd:.3f}")
         Console().print(table)
-    for path in [out / "results.csv", out / "results.json", out / "predictions.csv", *figures]:
+    for path in run.written:
         console.print(f"wrote {path}")
-
-
-def _saliency(breasts: list, plans: list, results: list, inputs: dict, p, results_dir) -> list:
-    """Grad-CAM of every fold's network against the masks of its malignant test breasts."""
-    from dicomcr.experiments.saliency import cv_saliency, input_mask
-    from dicomcr.models.modelfile import ModelFileError, load_model
-
-    masks = {i: m for i, b in enumerate(breasts) if b.malignant
-             for m in [input_mask(b, p)] if m is not None and m.any()}
-    if not masks:
-        fail("--saliency needs lesion masks (a phantom cohort, or <image>_mask.png beside the "
-             "images); this dataset has none for its malignant breasts")
-
-    def load(model: str, fold: int):
-        try:
-            return load_model(results_dir.model_path(model, fold))[0]
-        except ModelFileError as exc:
-            fail(f"{exc}: the fold's network is needed for --saliency; remove "
-                 f"{results_dir.root / 'folds' / model} to train it again")
-
-    return cv_saliency(plans, results, [b.key for b in breasts], inputs, masks, load)
 
 
 def _print_rows(rows: list, plans: list, every_cr: bool) -> None:

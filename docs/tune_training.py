@@ -28,7 +28,7 @@ from dicomcr.models import CNN3, CNN3Spec
 cohort = Path(sys.argv[1])
 lr, epochs, patience, batch = float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 breasts = read_phantom_labels(cohort)
-inputs = breast_inputs(breasts, [1.0], Preprocessing(), cohort / ".dicomcr-cache")
+inputs = breast_inputs(breasts, [1.0], Preprocessing(input_size=(256, 256)), cohort / ".dicomcr-cache")
 labels = np.array([b.malignant for b in breasts])
 patients = [b.patient_id for b in breasts]
 plan = plan_models([1.0])[0]
@@ -36,7 +36,7 @@ pooled_y, pooled_s, per_fold = [], [], []
 for fold in cv_folds(patients, labels.tolist(), 5, 0):
     options = TrainOptions(epochs=epochs, batch_size=batch, learning_rate=lr, patience=patience,
                            seed=fold.index)
-    result, _ = run_fold(plan, fold, [b.key for b in breasts], patients, inputs, labels,
+    result, _ = run_fold(plan, fold, [b.key for b in breasts], patients, inputs.arrays, labels,
                          lambda: CNN3(CNN3Spec()), options, "tuning")
     per_fold.append(roc_auc_score(result.labels, result.probabilities["1"]))
     pooled_y += result.labels

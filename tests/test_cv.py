@@ -106,6 +106,9 @@ def test_cv_writes_tables_figures_and_resumes(cohort: Path, tmp_path: Path) -> N
         assert 0 <= float(r["energy_mean"]) <= 1
     _, info = load_model(out / "folds" / "M-CR1-20" / "fold2.dcmcr")
     assert info.trained_crs == [1.0, 20.0] and info.validation["fold"] == 2
+    assert 0 < info.threshold < 1 and info.validation["threshold_rule"]  # every fold's network
+    document = json.loads((out / "results.json").read_text())
+    assert document["folds"]["M-CR1-20"]["2"]["threshold"] == info.threshold
     for name in ("results.csv", "results.json", "predictions.csv", "fig2_roc_pr.png",
                  "table2_auroc.png", "table2_auprc.png", "fig4_augment.png"):
         assert (out / name).stat().st_size > 0, name

@@ -18,12 +18,14 @@ from test_node import MG_A, NodeProcess, _http, _study, storescu
 from typer.testing import CliRunner
 
 from dicomcr.cli import app
+from dicomcr.data.dataset import read_phantom_labels
+from dicomcr.data.preprocess import GeometryError
 from dicomcr.dicom.report import read_probabilities
 from dicomcr.dicom.saliency import SaliencyCapture, render
 from dicomcr.inference.classify import Classifier
 from dicomcr.inference.objects import write_objects
 from dicomcr.models import CNN3, CNN3Spec
-from dicomcr.models.modelfile import ModelInfo, save_model
+from dicomcr.models.modelfile import ModelInfo, load_model, save_model
 
 runner = CliRunner()
 SC = "1.2.840.10008.5.1.4.1.1.7"
@@ -38,9 +40,9 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model") / "cnn3-test.dcmcr"
     save_model(CNN3(spec).eval(), ModelInfo(
         architecture="cnn3", spec=spec.as_dict(),
-        preprocessing={"scale": 0.3, "crop_fraction_y": 0.2, "input_size": [64, 64],
-                       "mirror_right": True},
-        trained_crs=[20.0], data_fingerprint="test", validation={"threshold": 0.5}), path)
+        preprocessing={"scale": 0.3, "crop_fraction_y": 0.2, "mirror_right": True,
+                       "canvas": [246, 250], "input_size": [64, 64]},  # small Hologic crops fit
+        trained_crs=[20.0], data_fingerprint="test", threshold=0.5), path)
     return path
 
 
@@ -91,6 +93,16 @@ def test_a_missing_view_is_classified_on_what_is_there_and_said(small_cohort: Pa
     sr = pydicom.dcmread(next(w.path for w in written if w.kind == "sr"))
     texts = [str(item.TextValue) for item in sr.ContentSequence if item.ValueType == "TEXT"]
     assert "Missing views: RMLO" in texts and any("not for diagnostic use" in t for t in texts)
+
+
+def test_a_study_larger_than_the_models_canvas_is_refused(small_cohort: Path, model: Path,
+                                                          tmp_path: Path) -> None:
+    """A model trained on smaller images (its canvas) does not shrink a larger study to fit."""
+    network, info = load_model(model)
+    info.preprocessing = {**info.preprocessing, "canvas": [100, 100]}
+    save_model(network, info, tmp_path / "narrow.dcmcr")
+    with pytest.raises(GeometryError, match="trained on smaller images"):
+        Classifier(tmp_path / "narrow.dcmcr", "cpu").classify(_study(small_cohort, 0))
 
 
 def test_the_rendering_shows_the_overlay_and_the_warning() -> None:
@@ -182,8 +194,7 @@ def test_a_model_that_fails_to_load_disables_inference_only(small_cohort: Path,
 
 def test_saliency_command_writes_objects_and_the_figure(small_cohort: Path, model: Path,
                                                         tmp_path: Path) -> None:
-    study = next(p for p in sorted(small_cohort.iterdir())
-                 if p.is_dir() and any(p.glob("*_mask.png")))  # the malignant study
+    study = next(b.cc.parent for b in read_phantom_labels(small_cohort) if b.malignant)
     twin = tmp_path / "other" / model.name  # a second model file with the same name
     twin.parent.mkdir()
     twin.write_bytes(model.read_bytes())

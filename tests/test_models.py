@@ -15,8 +15,9 @@ SMALL = CNN3Spec(channels=(4, 8, 8), hidden=(16, 8), input_size=(64, 64))
 
 def _info() -> ModelInfo:
     return ModelInfo(architecture="cnn3", spec=SMALL.as_dict(),
-                     preprocessing={"scale": 0.3, "input_size": [64, 64]}, trained_crs=[20.0],
-                     data_fingerprint="abc123", validation={"auroc": 0.81})
+                     preprocessing={"scale": 0.3, "canvas": [100, 120], "input_size": [64, 64]},
+                     trained_crs=[20.0], data_fingerprint="abc123", threshold=0.42,
+                     validation={"auroc": 0.81})
 
 
 def test_cnn3_has_the_papers_convolutions_and_one_logit() -> None:
@@ -42,7 +43,34 @@ def test_a_model_file_round_trips_weights_and_metadata(tmp_path: Path) -> None:
     x = torch.rand(3, 1, 64, 64)
     assert torch.equal(model(x), loaded(x))
     assert info.trained_crs == [20.0] and info.validation == {"auroc": 0.81}
-    assert info.versions["torch"] == torch.__version__
+    assert info.threshold == 0.42 and info.versions["torch"] == torch.__version__
+
+
+def test_a_model_file_without_its_input_geometry_or_of_version_1_is_refused(tmp_path: Path
+                                                                            ) -> None:
+    import json
+
+    import safetensors.torch
+
+    info = _info()
+    info.preprocessing = {"scale": 0.3, "canvas": [100, 120], "input_size": [128, 128]}
+    with pytest.raises(ValueError, match="the network takes"):
+        save_model(CNN3(SMALL), info, tmp_path / "m.dcmcr")  # a model that could never run
+    save_model(CNN3(SMALL), _info(), tmp_path / "m.dcmcr")
+    with safetensors.safe_open(str(tmp_path / "m.dcmcr"), "pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+        metadata = handle.metadata()
+    old = json.loads(metadata["info"])
+    del old["threshold"]
+    old["preprocessing"] = {"scale": 0.3, "input_size": [64, 64]}  # as version 1 wrote them
+    safetensors.torch.save_file(tensors, str(tmp_path / "v1.dcmcr"), metadata={
+        **metadata, "format_version": "1", "info": json.dumps(old)})
+    with pytest.raises(ModelFileError, match="version 1, this dicomcr reads version 2: train"):
+        load_model(tmp_path / "v1.dcmcr")
+    safetensors.torch.save_file(tensors, str(tmp_path / "v2.dcmcr"), metadata={
+        **metadata, "info": json.dumps({**old, "threshold": 0.5})})
+    with pytest.raises(ModelFileError, match="records no input canvas"):
+        load_model(tmp_path / "v2.dcmcr")
 
 
 def test_corrupt_foreign_and_truncated_files_are_refused(tmp_path: Path) -> None:
@@ -95,8 +123,8 @@ def test_resnet18_takes_one_channel_and_starts_from_imagenet_weights_on_disk(tmp
         model.load_imagenet(tmp_path / "other.pth")
 
     info = ModelInfo(architecture="resnet18", spec=model.spec.as_dict(),
-                     preprocessing={"input_size": [64, 64]}, trained_crs=[1.0],
-                     data_fingerprint="x")
+                     preprocessing={"canvas": [64, 64]}, trained_crs=[1.0],
+                     data_fingerprint="x", threshold=0.5)
     save_model(model, info, tmp_path / "r.dcmcr")
     loaded, back = load_model(tmp_path / "r.dcmcr")
     x = torch.rand(2, 1, 64, 64)

@@ -12,8 +12,9 @@ from dicomcr.cli import app
 from dicomcr.data.cache import breast_inputs
 from dicomcr.data.dataset import read_phantom_labels
 from dicomcr.data.preprocess import Preprocessing
+from dicomcr.experiments.run import Events, train_classifier
 from dicomcr.experiments.splits import split_patients
-from dicomcr.experiments.train import predict
+from dicomcr.experiments.train import TrainOptions, predict
 from dicomcr.models.modelfile import load_model
 from dicomcr.phantom import CohortSpec, write_cohort
 
@@ -49,7 +50,9 @@ def test_train_writes_a_model_that_loads_and_is_reproducible(cohort: Path, tmp_p
     first = _train(cohort, tmp_path / "a.dcmcr", "--cr-mix", "1,20")
     assert first.exit_code == 0, first.output
     cache = sorted((cohort / ".dicomcr-cache").glob("*.npy"))
-    assert len(cache) == 24 * 4 * 2  # every view at both CRs, preprocessed once
+    crops = [p for p in cache if not p.name.startswith("inputs-")]
+    assert len(crops) == 24 * 4 * 2  # every view at both CRs, preprocessed once
+    assert len(cache) - len(crops) == 2  # and the inputs at each CR, float16, in one file
     stamps = [p.stat().st_mtime_ns for p in cache]
     second = _train(cohort, tmp_path / "b.dcmcr", "--cr-mix", "1,20")
     assert second.exit_code == 0, second.output
@@ -61,7 +64,24 @@ def test_train_writes_a_model_that_loads_and_is_reproducible(cohort: Path, tmp_p
         assert torch.equal(a, b), name  # same seed, same data: same weights on the CPU
     assert info.trained_crs == [1.0, 20.0]
     assert info.preprocessing["input_size"] == [64, 64]
+    assert info.preprocessing["canvas"] == [138, 142]  # small GE crops: 138 x 71 per view
     assert len(info.data_fingerprint) == 16 and "best_epoch" in info.validation
+    assert 0 < info.threshold < 1 and "input" in first.output
+
+
+def test_the_library_trains_a_model_with_its_threshold_and_test_metrics(cohort: Path,
+                                                                        tmp_path: Path) -> None:
+    """What `dicomcr train` and the demo call: split, train, threshold, test, model file."""
+    seen: list[dict] = []
+    trained = train_classifier(
+        read_phantom_labels(cohort), [20.0], tmp_path / "m.dcmcr", cohort / ".dicomcr-cache",
+        options=TrainOptions(epochs=2, batch_size=8, seed=3),
+        preprocessing=Preprocessing(input_size=(64, 64)), events=Events(epoch=seen.append))
+    assert [r["epoch"] for r in seen] == [1, 2] and trained.split == (17, 2, 5)
+    _, info = load_model(trained.path)
+    assert info.threshold == trained.threshold and info.validation["threshold_rule"]
+    assert info.validation["split"] == [17, 2, 5] and set(trained.test) == {20.0}
+    assert Preprocessing.from_dict(info.preprocessing).model_input == (64, 64)
 
 
 @pytest.mark.parametrize(("args", "message"), [

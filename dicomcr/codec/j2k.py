@@ -72,6 +72,11 @@ def decode(codestream: bytes) -> np.ndarray:
     return openjpeg.decode(codestream)
 
 
+def cr_short(cr: float) -> str:
+    """11000 -> 11K, 20 -> 20: the paper's way of writing CRs (figures, tables)."""
+    return f"{cr / 1000:g}K" if cr >= 1000 else f"{cr:g}"
+
+
 def check_ratio(cr: float) -> float:
     """A target CR as a float, or ValueError: it must be finite and above 1."""
     cr = float(cr)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .metrics import auprc_bootstrap, auroc_delong
-from .train import TrainOptions, predict, stack_crs, train_model
+from .train import Samples, TrainOptions, operating_threshold, predict, train_model
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,8 @@ class FoldResult:
     probabilities: dict[str, list[float]]  # test CR (as text) -> one per key
     best_epoch: int
     validation_auroc: float
+    threshold: float  # the operating point chosen on the fold's validation patients
+    threshold_rule: str  # how (Youden's J, or 0.5 and why)
     history: list[dict]
     identity: str  # what the result depends on; a changed identity is recomputed
 
@@ -135,21 +137,25 @@ def run_fold(plan: ModelPlan, fold: Fold, keys: list[str], patient_of: list[str]
              inputs: dict[float, np.ndarray], labels: np.ndarray, build: Callable[[], nn.Module],
              options: TrainOptions, identity: str,
              progress: Callable[[dict], None] | None = None) -> tuple[FoldResult, nn.Module]:
-    """Train `plan` on the fold's training patients, test it on its test patients at every CR;
-    return the result and the trained network."""
+    """Train `plan` on the fold's training patients, choose its operating threshold on the
+    validation patients, test it on the test patients at every CR; return the result and the
+    trained network."""
     def rows(patients: frozenset[str]) -> np.ndarray:
         return np.array([i for i, p in enumerate(patient_of) if p in patients], dtype=int)
 
-    train_x, train_y = stack_crs(inputs, labels, rows(fold.train), list(plan.train_crs))
-    val_x, val_y = stack_crs(inputs, labels, rows(fold.validation), list(plan.train_crs))
-    result = train_model(build, train_x, train_y, val_x, val_y, options, progress)
+    train = Samples.of(inputs, labels, rows(fold.train), list(plan.train_crs))
+    validation = Samples.of(inputs, labels, rows(fold.validation), list(plan.train_crs))
+    result = train_model(build, train, validation, options, progress)
+    threshold, rule = operating_threshold(result.model, validation)
     test = rows(fold.test)
     device = torch.device("cpu")
-    probabilities = {f"{c:g}": [float(v) for v in predict(result.model, inputs[c][test], device)]
+    probabilities = {f"{c:g}": [float(v) for v in
+                                predict(result.model, Samples.of(inputs, labels, test, [c]), device)]
                      for c in plan.test_crs}
     return FoldResult(plan.name, fold.index, tuple(keys[i] for i in test),
                       tuple(int(labels[i]) for i in test), probabilities, result.best_epoch,
-                      result.best_validation_auroc, result.history, identity), result.model
+                      result.best_validation_auroc, threshold, rule, result.history,
+                      identity), result.model
 
 
 class ResultsDir:
@@ -290,7 +296,8 @@ def write_tables(root: Path, rows: list[Row], results: list[FoldResult], meta: d
     folds = {r.model: {} for r in results}
     for r in results:
         folds[r.model][str(r.fold)] = {"best_epoch": r.best_epoch,
-                                       "validation_auroc": r.validation_auroc}
+                                       "validation_auroc": r.validation_auroc,
+                                       "threshold": r.threshold}
     document = {"meta": meta, "rows": [asdict(r) for r in rows], "folds": folds,
                 "saliency": [asdict(r) for r in saliency or []]}
     if saliency:

@@ -11,8 +11,9 @@ import html
 import json
 from pathlib import Path
 
+from ..codec.j2k import cr_short
 from .cv import FoldResult, ModelPlan, Row, pooled
-from .figures import augment_figure, cr_label, cross_heatmap, roc_pr_figure
+from .figures import augment_figure, cross_heatmap, roc_pr_figure
 
 FIG2 = "fig2_roc_pr.png"
 CROSS_AUROC = "table2_auroc.png"
@@ -111,7 +112,7 @@ def write_report(root: Path, target: Path) -> None:
             cells = {(r.model, r.test_cr): _ci(getattr(r, metric), getattr(r, f"{metric}_low"),
                                                getattr(r, f"{metric}_high")) for r in rows}
             parts += [f"<h2>Table 2: {metric.upper()} of every model at every test CR</h2>",
-                      _table(["model \\ test CR", *(cr_label(c) for c in crs)],
+                      _table(["model \\ test CR", *(cr_short(c) for c in crs)],
                              [[html.escape(m), *(cells.get((m, c), "") for c in crs)]
                               for m in models])]
         for name, title in ((CROSS_AUROC, "Table 2 as a heat map (AUROC)"),

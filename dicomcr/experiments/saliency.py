@@ -17,6 +17,7 @@ from scipy import ndimage, stats
 
 from ..data.dataset import Breast
 from ..data.preprocess import Preprocessing, breast_input, resize_and_crop
+from ..explain.gradcam import grad_cam
 
 
 def input_mask(breast: Breast, p: Preprocessing) -> np.ndarray | None:
@@ -77,12 +78,10 @@ class SaliencyRow:
 def score_maps(network: torch.nn.Module, inputs: np.ndarray, masks: list[np.ndarray]
                ) -> tuple[list[bool], list[float]]:
     """(pointing-game hits, energy shares) of the network's Grad-CAM on each input."""
-    from ..inference.classify import grad_cam
-
     network.eval()
     hits, shares = [], []
     for x, mask in zip(inputs, masks, strict=True):
-        cam = grad_cam(network, torch.from_numpy(x).float()[None, None])
+        cam = grad_cam(network, torch.from_numpy(np.asarray(x, dtype=np.float32))[None, None])
         hits.append(pointing_game(cam, mask))
         shares.append(energy_inside(cam, mask))
     return hits, shares

@@ -1,19 +1,25 @@
 """Training a classifier on preprocessed inputs: Adam, BCE, early stopping on validation AUROC.
 
-A pure function of its arrays, spec, options and seed: the same inputs give the same weights on
-the CPU. Mixed precision on CUDA.
+A pure function of its inputs, spec, options and seed: the same inputs give the same weights on
+the CPU. Inputs stay memory-mapped (`Samples`); each batch is read and converted on a
+background thread while the previous one trains. Channels-last memory on every device (measured
+on the CPU: README, "Experiments"), mixed precision on CUDA.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
+
+from ..models import pick_device
+from .metrics import youden_threshold
 
 
 @dataclass(frozen=True)
@@ -30,16 +36,7 @@ class TrainOptions:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or not self.learning_rate > 0:
             raise ValueError("epochs >= 1, batch_size >= 2 and learning_rate > 0 are required")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked, but no CUDA device is available")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
+        pick_device("cpu" if self.device == "cuda" else self.device)  # the name is checked
 
 
 @dataclass
@@ -50,52 +47,110 @@ class TrainResult:
     history: list[dict]
 
 
-def predict(model: nn.Module, x: np.ndarray, device: torch.device, batch: int = 64) -> np.ndarray:
-    """Malignancy probabilities for inputs (n, rows, columns)."""
-    model.eval()
+@dataclass(frozen=True, eq=False)
+class Samples:
+    """Inputs to train or test on: sample i is row `rows[i]` of `inputs[crs[i]]` (a CR mixture
+    when the CRs differ). The arrays stay where they are (memory-mapped); `take` reads a batch."""
+
+    inputs: Mapping[float, np.ndarray]
+    crs: np.ndarray
+    rows: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def of(cls, inputs: Mapping[float, np.ndarray], labels: np.ndarray, rows: np.ndarray,
+           crs: list[float]) -> Samples:
+        """The breasts `rows` at every CR of `crs`, one CR after the other, with their labels."""
+        rows = np.asarray(rows, dtype=int)
+        return cls(inputs, np.repeat(np.asarray(crs, dtype=float), len(rows)),
+                   np.tile(rows, len(crs)), np.tile(np.asarray(labels)[rows], len(crs)))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """float32 (len(index), rows, columns): the samples `index`, read in row order per CR."""
+        index = np.asarray(index, dtype=int)
+        first = self.inputs[float(self.crs[index[0]])] if len(index) else None
+        out = np.empty((len(index), *first.shape[1:]) if first is not None else (0,),
+                       dtype=np.float32)
+        for cr in np.unique(self.crs[index]):
+            where = np.flatnonzero(self.crs[index] == cr)
+            rows = self.rows[index[where]]
+            order = np.argsort(rows, kind="stable")  # sequential reads of the mapped file
+            out[where[order]] = self.inputs[float(cr)][rows[order]]
+        return out
+
+
+def _batches(samples: Samples, chunks: list[np.ndarray], device: torch.device
+             ) -> Iterator[torch.Tensor]:
+    """The batches `chunks` of `samples` on `device` (channels-last), each read on a background
+    thread while the one before it is in use."""
+    def load(index: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(samples.take(index))[:, None]
+        x = x.contiguous(memory_format=torch.channels_last)
+        return x.pin_memory() if device.type == "cuda" else x
+
+    with ThreadPoolExecutor(1, thread_name_prefix="dicomcr-loader") as pool:
+        pending = pool.submit(load, chunks[0]) if chunks else None
+        for k in range(len(chunks)):
+            x = pending.result()
+            if k + 1 < len(chunks):
+                pending = pool.submit(load, chunks[k + 1])
+            yield x.to(device, non_blocking=True)
+
+
+def predict(model: nn.Module, samples: Samples | np.ndarray, device: torch.device,
+            batch: int = 32) -> np.ndarray:
+    """Malignancy probabilities of `samples` (or of an array of inputs (n, rows, columns))."""
+    if not isinstance(samples, Samples):
+        samples = Samples({1.0: samples}, np.ones(len(samples)), np.arange(len(samples)),
+                          np.zeros(len(samples)))
+    model.to(device, memory_format=torch.channels_last).eval()
+    chunks = [np.arange(s, min(s + batch, len(samples))) for s in range(0, len(samples), batch)]
     out = []
-    with torch.no_grad():
-        for start in range(0, len(x), batch):
-            chunk = torch.from_numpy(x[start:start + batch]).float()[:, None].to(device)
-            out.append(torch.sigmoid(model(chunk)).float().cpu().numpy())
+    with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
+        for x in _batches(samples, chunks, device):
+            out.append(torch.sigmoid(model(x)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def stack_crs(inputs: dict[float, np.ndarray], labels: np.ndarray, rows: np.ndarray,
-              crs: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """The inputs of `rows` at every CR of `crs`, one after the other (a CR mixture), and labels."""
-    return (np.concatenate([inputs[c][rows] for c in crs]),
-            np.concatenate([labels[rows]] * len(crs)))
+def operating_threshold(model: nn.Module, validation: Samples) -> tuple[float, str]:
+    """(threshold, how it was chosen): Youden's J on the validation samples, or 0.5 with the
+    reason when validation cannot give one (a class missing)."""
+    try:
+        scores = predict(model, validation, torch.device("cpu"))
+        return youden_threshold(validation.labels, scores), "Youden's J on validation"
+    except ValueError as exc:
+        return 0.5, f"0.5: no threshold from validation ({exc})"
 
 
-def train_model(build: Callable[[], nn.Module], train_x: np.ndarray, train_y: np.ndarray,
-                val_x: np.ndarray, val_y: np.ndarray, options: TrainOptions,
-                progress: Callable[[dict], None] | None = None) -> TrainResult:
+def train_model(build: Callable[[], nn.Module], train: Samples, validation: Samples,
+                options: TrainOptions, progress: Callable[[dict], None] | None = None
+                ) -> TrainResult:
     """Train the network `build()` makes; keep the weights of the best validation AUROC's epoch."""
-    if len(train_x) < 2 or len(np.unique(train_y)) < 2:
+    if len(train) < 2 or len(np.unique(train.labels)) < 2:
         raise ValueError("training needs both classes among at least two inputs")
     device = pick_device(options.device)
     torch.manual_seed(options.seed)
     np_rng = np.random.default_rng(options.seed)
-    model = build().to(device)
+    model = build().to(device, memory_format=torch.channels_last)
     optimiser = torch.optim.Adam(model.parameters(), lr=options.learning_rate,
                                  betas=(0.9, 0.999), eps=1e-8)
-    positives = float(train_y.mean())
+    positives = float(train.labels.mean())
     weight = torch.tensor((1 - positives) / max(positives, 1e-6), device=device)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=weight)  # the classes are unbalanced
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     best = (-1.0, 0, copy.deepcopy(model.state_dict()))
     history = []
     for epoch in range(1, options.epochs + 1):
-        model.train()
-        order = np_rng.permutation(len(train_x))
+        order = np_rng.permutation(len(train))
+        chunks = [order[s:s + options.batch_size] for s in range(0, len(order), options.batch_size)]
+        chunks = [c for c in chunks if len(c) >= 2]  # BatchNorm needs two samples
         total = 0.0
-        for start in range(0, len(order), options.batch_size):
-            index = order[start:start + options.batch_size]
-            if len(index) < 2:  # BatchNorm needs two samples
-                continue
-            x = torch.from_numpy(train_x[index]).float()[:, None].to(device)
-            y = torch.from_numpy(train_y[index]).float().to(device)
+        model.train()
+        for index, x in zip(chunks, _batches(train, chunks, device), strict=True):
+            y = torch.from_numpy(train.labels[index]).float().to(device)
             optimiser.zero_grad()
             with torch.autocast(device.type, enabled=device.type == "cuda"):
                 loss = loss_fn(model(x), y)
@@ -103,9 +158,9 @@ def train_model(build: Callable[[], nn.Module], train_x: np.ndarray, train_y: np
             scaler.step(optimiser)
             scaler.update()
             total += float(loss.detach()) * len(index)
-        scores = predict(model, val_x, device)
-        auroc = (float(roc_auc_score(val_y, scores)) if len(np.unique(val_y)) == 2
-                 else float("nan"))
+        scores = predict(model, validation, device)
+        auroc = (float(roc_auc_score(validation.labels, scores))
+                 if len(np.unique(validation.labels)) == 2 else float("nan"))
         record = {"epoch": epoch, "loss": total / len(order), "val_auroc": auroc}
         history.append(record)
         if progress:

@@ -1,8 +1,10 @@
 """Classify a study's breasts with a model file, and explain each with Grad-CAM on every view.
 
 The image classified is the one given (in the node: the file at the site's policy CR, what the
-archive holds); it is not compressed again. Grad-CAM is captum's `LayerGradCam` on the last
-convolution block, upsampled to the input and put back on each view's full-size pixels.
+archive holds); it is not compressed again. The image goes through the model file's own
+preprocessing; a view whose crop does not fit the model's canvas (a larger detector than the
+model was trained on) is refused with a GeometryError that says so. Grad-CAM (dicomcr.explain)
+is upsampled to the input and put back on each view's full-size pixels.
 A breast with one view missing is classified with the present view in both halves of the input
 (said in the result); a study is the most suspicious of its breasts.
 """
@@ -16,19 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from captum.attr import LayerAttribution, LayerGradCam
-from torch import nn
 
 from ..data.preprocess import (
     Preprocessing,
     breast_input,
     normalise_image,
     resize_and_crop,
-    split_columns,
     to_view,
 )
 from ..dicom.source import InputError, SourceImage, read_source
-from ..experiments.train import pick_device
+from ..explain.gradcam import grad_cam
+from ..models import pick_device
 from ..models.modelfile import load_model
 
 VIEWS = ("CC", "MLO")
@@ -79,24 +79,6 @@ def view_of(source: SourceImage) -> tuple[str, str] | None:
     return side, position
 
 
-def target_layer(model: nn.Module) -> nn.Module:
-    """The last convolution block's activation: CNN3's third ReLU, ResNet18's layer4."""
-    if hasattr(model, "features"):  # CNN3: conv, BatchNorm, ReLU, pool; before the pooling
-        return model.features[-1][2]
-    return model.net.layer4
-
-
-class _Logit(nn.Module):
-    """(batch,) -> (batch, 1), the shape captum attributes against."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)[:, None]
-
-
 class Classifier:
     """A model file loaded once; `classify` runs one study."""
 
@@ -116,8 +98,8 @@ class Classifier:
 
     @property
     def threshold(self) -> float:
-        """The operating threshold chosen on validation data at training, else 0.5."""
-        return float(self.info.validation.get("threshold", 0.5))
+        """The operating threshold the model file records (chosen on validation data)."""
+        return float(self.info.threshold)
 
     def _input(self, view: View) -> np.ndarray:
         image = normalise_image(view.source.pixels, view.source.dataset)
@@ -154,49 +136,30 @@ class Classifier:
                                                                 else ""))
         sides = sorted(by_side.items())
         prepared = [self._prepare(views) for _, views in sides]
-        batch = torch.from_numpy(np.stack([x for x, _, _ in prepared])).float()[:, None]
+        batch = torch.from_numpy(np.stack([x for x, _ in prepared])).float()[:, None]
         batch = batch.to(self.device)
         with torch.no_grad():  # the study's breasts in one batch
             probabilities = torch.sigmoid(self.network(batch)).float().cpu().numpy()
         breasts = []
-        for i, ((side, views), (_, shapes, missing)) in enumerate(zip(sides, prepared, strict=True)):
+        for i, ((side, views), (_, missing)) in enumerate(zip(sides, prepared, strict=True)):
             if saliency:
-                self._explain(side, views, batch[i:i + 1], shapes, missing)
+                self._explain(side, views, batch[i:i + 1], missing)
             breasts.append(BreastResult(side, float(probabilities[i]), views, missing))
         return StudyResult(study_uids.pop(), breasts, problems)
 
-    def _prepare(self, views: dict[str, View]
-                 ) -> tuple[np.ndarray, tuple[tuple[int, int], tuple[int, int]], tuple[str, ...]]:
-        """The breast's model input, the shapes of its two crops, and its missing view."""
+    def _prepare(self, views: dict[str, View]) -> tuple[np.ndarray, tuple[str, ...]]:
+        """The breast's model input and its missing view."""
         crops = {v: self._input(views[v]) for v in VIEWS if v in views}
         missing = tuple(v for v in VIEWS if v not in views)
         cc = crops.get("CC", crops.get("MLO"))
         mlo = crops.get("MLO", crops.get("CC"))
-        return breast_input(cc, mlo, self.preprocessing), (cc.shape, mlo.shape), missing
+        return breast_input(cc, mlo, self.preprocessing), missing
 
     def _explain(self, side: str, views: dict[str, View], x: torch.Tensor,
-                 shapes: tuple[tuple[int, int], tuple[int, int]], missing: tuple[str, ...]
-                 ) -> None:
+                 missing: tuple[str, ...]) -> None:
         """Grad-CAM of one breast's input, put back on each of its views."""
-        cam = self.grad_cam(x)
-        split = split_columns(shapes[0], shapes[1], self.preprocessing)
-        parts = {"CC": cam[:, :split], "MLO": cam[:, split:]}
+        cam = grad_cam(self.network, x)
         for name, view in views.items():
-            part = parts["CC"] if missing else parts[name]  # one view filled both halves
-            view.heat = to_view(part, view.source.pixels.shape, side, name, self.preprocessing)
-
-    def grad_cam(self, x: torch.Tensor) -> np.ndarray:
-        return grad_cam(self.network, x)
-
-
-def grad_cam(network: nn.Module, x: torch.Tensor) -> np.ndarray:
-    """Grad-CAM of the malignancy logit for one input (1, 1, rows, columns), at the input's
-    size, scaled to 0..1 (captum's LayerGradCam on the last convolution block)."""
-    for module in network.modules():  # captum's hooks need out-of-place activations
-        if isinstance(module, nn.ReLU):
-            module.inplace = False
-    cam = LayerGradCam(_Logit(network), target_layer(network)).attribute(x, target=0)
-    cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), "bilinear")
-    cam = torch.relu(cam)[0, 0].detach().float().cpu().numpy()
-    top = float(cam.max())
-    return cam / top if top > 0 else cam
+            half = "CC" if missing else name  # one view filled both halves
+            view.heat = to_view(cam, view.source.pixels.shape, side, name, self.preprocessing,
+                                half)

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..codec.j2k import decode, encode_ladder
+from ..codec.j2k import cr_short, decode, encode_ladder
 from ..data.dataset import mask_beside
 from ..data.preprocess import normalise_image
 from ..dicom.source import InputError, SourceImage, read_source
-from ..experiments.figures import cr_label, saliency_figure
+from ..explain.figure import saliency_figure
 from .classify import Classifier, view_of
 from .objects import Written, write_objects
 
@@ -85,7 +85,7 @@ def saliency_study(models: list[Path], files: list[Path], crs: list[float], out:
                 result.probabilities[(classifier.name, cr, breast.laterality)] = breast.probability
                 for name, view in breast.views.items():
                     heats[(breast.laterality, name)] = view.heat
-            maps.append((f"{classifier.name}\nCR {cr_label(cr)}", heats))
+            maps.append((f"{classifier.name}\nCR {cr_short(cr)}", heats))
     result.figure = Path(out) / "saliency.png"
     _figure(sources, maps, result, result.figure)
     return result
@@ -110,7 +110,7 @@ def _figure(sources: list[SourceImage], maps: list, result: OfflineResult, path:
     for title, heats in maps:
         columns.append((title, {f"{side}{n}": heats[(side, n)] for n in ("CC", "MLO")
                                 if (side, n) in heats}))
-    probabilities = ", ".join(f"{m} CR {cr_label(c)}: {p:.2f}"
+    probabilities = ", ".join(f"{m} CR {cr_short(c)}: {p:.2f}"
                               for (m, c, s), p in result.probabilities.items() if s == side)
     saliency_figure(rows, columns, path,
                     f"{'left' if side == 'L' else 'right'} breast; P(malignant) {probabilities}"

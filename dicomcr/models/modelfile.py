@@ -1,8 +1,10 @@
 """The model file (.dcmcr): safetensors weights plus JSON metadata, loaded without running code.
 
-Metadata: format version, architecture and its spec, preprocessing, the CRs trained on, a
-fingerprint of the training data, validation metrics, package versions. A corrupt, truncated or
-foreign file is refused with a clear ModelFileError.
+Metadata: format version, architecture and its spec, preprocessing (with the input geometry the
+model was trained at: the canvas at the 30 % pitch and the model input), the CRs trained on, the
+operating threshold, a fingerprint of the training data, validation metrics, package versions. A
+corrupt, truncated or foreign file, or one whose recorded input differs from its network's, is
+refused with a clear ModelFileError. Version 1 files (no threshold, no canvas) are refused.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dicomcr import __version__
 from . import ARCHITECTURES, build_model
 
 FORMAT = "dicomcr-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the operating threshold and the input geometry are recorded
 
 
 class ModelFileError(ValueError):
@@ -36,14 +38,30 @@ class ModelInfo:
     preprocessing: dict
     trained_crs: list[float]
     data_fingerprint: str
+    threshold: float  # the operating point: P(malignant) >= threshold reads as malignant
     validation: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+
+
+def _geometry_problem(info: ModelInfo) -> str | None:
+    """Why the recorded preprocessing cannot feed the network, or None."""
+    canvas = info.preprocessing.get("canvas")
+    size = info.preprocessing.get("input_size") or canvas
+    if canvas is None:
+        return "the model file records no input canvas (preprocessing.canvas)"
+    if list(size) != list(info.spec.get("input_size", [])):
+        return (f"the preprocessing gives {list(size)} inputs, the network takes "
+                f"{info.spec.get('input_size')}")
+    return None
 
 
 def save_model(model: torch.nn.Module, info: ModelInfo, path: Path) -> None:
     """Write weights and metadata to `path` (atomically)."""
     if info.architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {info.architecture!r}")
+    problem = _geometry_problem(info)
+    if problem:
+        raise ValueError(problem)
     info.versions = {"dicomcr": __version__, "torch": torch.__version__, **info.versions}
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                 "info": json.dumps(info.__dict__, sort_keys=True)}
@@ -69,11 +87,14 @@ def load_model(path: Path) -> tuple[torch.nn.Module, ModelInfo]:
         raise ModelFileError(f"{path}: not a dicomcr model file (format {metadata.get('format')!r})")
     if metadata.get("format_version") != str(FORMAT_VERSION):
         raise ModelFileError(f"{path}: model file version {metadata.get('format_version')}, "
-                             f"this dicomcr reads version {FORMAT_VERSION}")
+                             f"this dicomcr reads version {FORMAT_VERSION}: train it again")
     try:
         info = ModelInfo(**json.loads(metadata["info"]))
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{path}: its metadata is damaged ({exc})") from exc
+    problem = _geometry_problem(info)
+    if problem:
+        raise ModelFileError(f"{path}: {problem}")
     try:
         model = build_model(info.architecture, info.spec)
     except ValueError as exc:

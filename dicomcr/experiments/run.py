@@ -1,0 +1,268 @@
+"""The experiments as two library calls: train one model, and run the cross-validation matrix.
+
+`train_classifier`: split by patient 7:1:2, train with early stopping, choose the operating
+threshold on validation, test at every CR, write the model file. `run_cv`: every model of the
+plan on every fold (resumable), each fold's network as a model file with its threshold, the
+pooled metrics, tables, figures and optionally Grad-CAM scores. `dicomcr train`, `dicomcr cv`,
+the demo and the tests call these; they parse and print. Both take the preprocessing without a
+canvas by default: the canvas is derived from the data (the paper's 30 % pitch, padded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.cache import BreastInputs, breast_inputs
+from ..data.dataset import Breast, fingerprint, read_phantom_labels
+from ..data.preprocess import Preprocessing
+from ..dicom.source import InputError
+from ..models import CNN3, Architecture, CNN3Spec, ResNet18, ResNet18Spec
+from ..models.modelfile import ModelFileError, ModelInfo, load_model, save_model
+from ..models.resnet18 import imagenet_weights_path
+from . import cv as cvlib
+from .metrics import Estimate, auroc_delong
+from .report import write_figures
+from .saliency import SaliencyRow, cv_saliency, input_mask
+from .splits import split_patients
+from .train import Samples, TrainOptions, operating_threshold, predict, train_model
+
+
+@dataclass(frozen=True)
+class Events:
+    """What a long run reports as it goes (every callback optional: the CLI draws its bars)."""
+
+    note: Callable[[str], None] | None = None  # something the user should read
+    preprocess: Callable[[int, int], None] | None = None  # (views done, views to do)
+    epoch: Callable[[dict], None] | None = None  # {epoch, loss, val_auroc}
+    fold: Callable[[cvlib.ModelPlan, cvlib.Fold, bool], None] | None = None  # (.., reused)
+
+    def say(self, text: str) -> None:
+        if self.note:
+            self.note(text)
+
+
+@dataclass(frozen=True)
+class Network:
+    """Which classifier to train; ResNet18 starts from ImageNet weights when they are on disk
+    (`imagenet_weights`, else torch's cache; nothing is downloaded)."""
+
+    architecture: Architecture = Architecture.CNN3
+    imagenet_weights: Path | None = None
+
+
+def _network(network: Network, events: Events) -> tuple[str, Path | None]:
+    """(architecture name, ImageNet weights to start from or None), checked before any work."""
+    if network.architecture is Architecture.CNN3:
+        return network.architecture.value, None
+    given = network.imagenet_weights
+    if given is not None and not Path(given).is_file():
+        raise ValueError(f"--imagenet-weights {given}: no such file")
+    weights = Path(given) if given is not None else imagenet_weights_path()
+    if not weights.is_file():
+        events.say(f"ImageNet weights for ResNet18 not found at {weights} (nothing is "
+                   "downloaded): training ResNet18 from scratch.")
+        return network.architecture.value, None
+    ResNet18(ResNet18Spec(imagenet=True)).load_imagenet(weights)  # fail now, not in a fold
+    events.say(f"ResNet18 starts from the ImageNet weights in {weights}")
+    return network.architecture.value, weights
+
+
+def _builder(architecture: str, weights: Path | None, input_size: tuple[int, int]
+             ) -> tuple[Callable[[], nn.Module], dict]:
+    """(build, spec) of the network for inputs of `input_size`."""
+    if architecture == Architecture.CNN3.value:
+        spec = CNN3Spec(input_size=input_size)
+        return (lambda: CNN3(spec)), spec.as_dict()
+    plain = ResNet18Spec(input_size=input_size, imagenet=weights is not None)
+
+    def build() -> ResNet18:
+        net = ResNet18(plain)
+        if weights is not None:
+            net.load_imagenet(weights)
+        return net
+
+    return build, plain.as_dict()
+
+
+def preprocess(breasts: list[Breast], crs: list[float], preprocessing: Preprocessing,
+               cache: Path, workers: int = 1, events: Events | None = None) -> BreastInputs:
+    """The breasts' inputs at every CR (cached), with a readable error when an image fails."""
+    try:
+        return breast_inputs(breasts, crs, preprocessing, cache, workers,
+                             (events or Events()).preprocess)
+    except (InputError, ValueError, OSError) as exc:
+        raise ValueError(f"preprocessing failed: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """What `train_classifier` did: the model file, its metadata, and how it tested."""
+
+    path: Path
+    info: ModelInfo
+    split: tuple[int, int, int]  # patients in train / validation / test
+    best_epoch: int
+    validation_auroc: float
+    threshold: float
+    threshold_rule: str
+    test: dict[float, Estimate | str] = field(default_factory=dict)  # AUROC, or why none
+
+
+def train_classifier(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *,
+                     network: Network | None = None, options: TrainOptions | None = None,
+                     preprocessing: Preprocessing | None = None, workers: int = 1,
+                     events: Events | None = None) -> TrainedModel:
+    """Train at one CR or a CR mixture (`crs`) on a 7:1:2 patient split; write the model file
+    `out` with its input geometry, operating threshold and test AUROC per CR. None: defaults
+    (CNN3, `TrainOptions()`, the paper's preprocessing with the canvas from the data)."""
+    network, options = network or Network(), options or TrainOptions()
+    preprocessing, events = preprocessing or Preprocessing(), events or Events()
+    architecture, weights = _network(network, events)
+    labels = np.array([b.malignant for b in breasts])
+    train_ids, val_ids, test_ids = split_patients([b.patient_id for b in breasts],
+                                                  labels.tolist(), options.seed)
+    inputs = preprocess(breasts, crs, preprocessing, cache, workers, events)
+    p = inputs.preprocessing
+    build, spec = _builder(architecture, weights, p.model_input)
+
+    def rows(ids: set[str]) -> np.ndarray:
+        return np.array([i for i, b in enumerate(breasts) if b.patient_id in ids], dtype=int)
+
+    validation = Samples.of(inputs.arrays, labels, rows(val_ids), crs)
+    result = train_model(build, Samples.of(inputs.arrays, labels, rows(train_ids), crs),
+                         validation, options, events.epoch)
+    threshold, rule = operating_threshold(result.model, validation)
+    test_rows = rows(test_ids)
+    report: dict = {"best_epoch": result.best_epoch, "val_auroc": result.best_validation_auroc,
+                    "threshold_rule": rule,
+                    "split": [len(train_ids), len(val_ids), len(test_ids)]}
+    tested: dict[float, Estimate | str] = {}
+    for c in crs:
+        scores = predict(result.model, Samples.of(inputs.arrays, labels, test_rows, [c]),
+                         torch.device("cpu"))
+        try:
+            tested[c] = auroc_delong(labels[test_rows], scores)
+        except ValueError as exc:  # a test split too small for an interval: said, not hidden
+            tested[c] = str(exc)
+            continue
+        report[f"test_auroc_cr{c:g}"] = [tested[c].value, tested[c].low, tested[c].high]
+    info = ModelInfo(architecture=architecture, spec=spec, preprocessing=p.as_dict(),
+                     trained_crs=list(crs), data_fingerprint=fingerprint(breasts),
+                     threshold=threshold, validation=report)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    save_model(result.model, info, out)
+    return TrainedModel(Path(out), info, (len(train_ids), len(val_ids), len(test_ids)),
+                        result.best_epoch, result.best_validation_auroc, threshold, rule, tested)
+
+
+def quick_model(cohort: Path, out: Path, epochs: int, cr: float = 20.0,
+                events: Events | None = None) -> TrainedModel:
+    """The demo's quick CNN3 at `cr`, from a small phantom cohort: on the canvas of that cohort's
+    views, shrunk to 256 x 256 for speed; it classifies studies of the same geometry (the demo
+    sends small studies; a full-size one does not fit its canvas and is refused). A model for
+    the plumbing, not a reproduction of the paper."""
+    return train_classifier(read_phantom_labels(cohort), [cr], out, cohort / ".dicomcr-cache",
+                            options=TrainOptions(epochs=epochs),
+                            preprocessing=Preprocessing(input_size=(256, 256)), workers=2,
+                            events=events)
+
+
+@dataclass(frozen=True)
+class CVRun:
+    """What `run_cv` produced. Later tables (per finding, paired tests against M-CR1) are
+    functions of `results` and the breasts, added beside `rows` and written with them."""
+
+    plans: list[cvlib.ModelPlan]
+    results: list[cvlib.FoldResult]
+    rows: list[cvlib.Row]
+    saliency: list[SaliencyRow] | None
+    meta: dict
+    written: list[Path]
+    reused: int  # folds finished before and loaded
+
+
+def run_cv(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *, folds: int = 5,
+           cross: bool = False, augment: bool = False, saliency: bool = False,
+           network: Network | None = None, options: TrainOptions | None = None,
+           preprocessing: Preprocessing | None = None, workers: int = 1,
+           events: Events | None = None, source: str = "") -> CVRun:
+    """Table 1 (each M-CRx at x), with `cross` Table 2 (every model at every CR), with `augment`
+    Fig. 4 (M-CR1-x); `saliency` scores Grad-CAM against the lesion masks. Results go to `out`:
+    finished folds there (same inputs) are reused, not retrained. None: defaults as in
+    `train_classifier`; `source` names the data in results.json."""
+    network, options = network or Network(), options or TrainOptions()
+    preprocessing, events = preprocessing or Preprocessing(), events or Events()
+    plans = cvlib.plan_models(crs, cross, augment)
+    architecture, weights = _network(network, events)
+    patient_of = [b.patient_id for b in breasts]
+    labels = np.array([b.malignant for b in breasts])
+    fold_list = cvlib.cv_folds(patient_of, labels.tolist(), folds, options.seed)
+    inputs = preprocess(breasts, crs, preprocessing, cache, workers, events)
+    p = inputs.preprocessing
+    masks = {}
+    if saliency:
+        masks = {i: m for i, b in enumerate(breasts) if b.malignant
+                 for m in [input_mask(b, p)] if m is not None and m.any()}
+        if not masks:
+            raise ValueError("--saliency needs lesion masks (a phantom cohort, or <image>_mask.png "
+                             "beside the images); this dataset has none for its malignant breasts")
+    build, spec = _builder(architecture, weights, p.model_input)
+    data_id = fingerprint(breasts)
+    results_dir = cvlib.ResultsDir(out)
+
+    def identity(plan: cvlib.ModelPlan, fold: cvlib.Fold) -> str:
+        return cvlib.fold_identity(plan, fold, architecture, spec, options, p.as_dict(), data_id)
+
+    reused = 0
+
+    def on_fold(plan: cvlib.ModelPlan, fold: cvlib.Fold, done: bool) -> None:
+        nonlocal reused
+        reused += done
+        if events.fold:
+            events.fold(plan, fold, done)
+
+    def on_model(plan: cvlib.ModelPlan, result: cvlib.FoldResult, network: nn.Module) -> None:
+        path = results_dir.model_path(plan.name, result.fold)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_model(network, ModelInfo(
+            architecture=architecture, spec=spec, preprocessing=p.as_dict(),
+            trained_crs=list(plan.train_crs), data_fingerprint=data_id,
+            threshold=result.threshold,
+            validation={"best_epoch": result.best_epoch, "val_auroc": result.validation_auroc,
+                        "fold": result.fold, "threshold_rule": result.threshold_rule}), path)
+
+    try:
+        results = cvlib.cross_validate(plans, fold_list, [b.key for b in breasts], patient_of,
+                                       inputs.arrays, labels, build, options, identity,
+                                       results_dir, on_fold, events.epoch, on_model)
+    except ValueError as exc:
+        raise ValueError(f"training failed: {exc}") from exc
+    try:
+        rows = cvlib.summarise(plans, results, options.seed)
+    except ValueError as exc:
+        raise ValueError(f"the metrics cannot be computed: {exc}") from exc
+    meta = {"data": source, "data_fingerprint": data_id, "architecture": architecture,
+            "spec": spec, "preprocessing": p.as_dict(), "options": asdict(options),
+            "folds": folds, "crs": list(crs), "cross": cross, "augment": augment,
+            "breasts": len(breasts), "patients": len(set(patient_of)),
+            "malignant": int(labels.sum())}
+    scored = None
+    if saliency:
+        def load(model: str, fold: int) -> nn.Module:
+            try:
+                return load_model(results_dir.model_path(model, fold))[0]
+            except ModelFileError as exc:
+                raise ValueError(f"{exc}: the fold's network is needed for --saliency; remove "
+                                 f"{results_dir.root / 'folds' / model} to train it again") from exc
+
+        scored = cv_saliency(plans, results, [b.key for b in breasts], inputs.arrays, masks, load)
+    cvlib.write_tables(out, rows, results, meta, scored)
+    figures = write_figures(out, plans, rows, results)
+    written = [out / "results.csv", out / "results.json", out / "predictions.csv", *figures]
+    return CVRun(plans, results, rows, scored, meta, written, reused)
