@@ -102,6 +102,9 @@ def demo(
     train_studies: Annotated[int, typer.Option(help="Small phantom studies the quick model "
                                                     "trains on.")] = 80,
     epochs: Annotated[int, typer.Option(help="Epochs of the quick model.")] = 8,
+    test_studies: Annotated[int, typer.Option(help="Small held-out phantom studies the model is "
+                                                   "tested on at CR 1 and each site's CR, for "
+                                                   "the audit's model verdict.")] = 30,
 ) -> None:
     """The whole product on built-in defaults: phantom, model, Orthanc, the node, a summary."""
     import contextlib
@@ -125,10 +128,11 @@ def demo(
                 while True:
                     time.sleep(1)
 
-    if studies < 1 or train_studies < 10 or epochs < 1:
-        fail("--studies >= 1, --train-studies >= 10 and --epochs >= 1 are required")
+    if studies < 1 or train_studies < 10 or epochs < 1 or test_studies < 12:
+        fail("--studies >= 1, --train-studies >= 10, --epochs >= 1 and --test-studies >= 12 "
+             "(two malignant breasts at least, for a confidence interval) are required")
     try:
-        run_demo(folder, step, studies, train_studies, epochs, show)
+        run_demo(folder, step, studies, train_studies, epochs, show, test_studies=test_studies)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: servers stopped[/]")
         raise typer.Exit(code=130) from None
@@ -136,29 +140,50 @@ def demo(
         fail(f"the demo stopped: {exc}")
 
 
-def _demo_summary(summary) -> None:
+def _demo_summary(summary, out: Console | None = None) -> None:
+    """What the demo did, then the audit of its sites with the model verdict at each site's CR:
+    readable at 80 columns (a log, CI, a small window)."""
+    import json
+
     from dicomcr.audit.report import terminal_table
 
     from .demo import audit_rows
 
-    out = Console()
+    out = out or Console()
     for note in summary.notes:
         console.print(f"[yellow]{note}[/]")
-    table = Table(title="dicomcr demo", show_header=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
+
+    def inside(path) -> str:
+        """A path in the demo folder, relative to it (the folder is shown once)."""
+        path = Path(path)
+        return str(path.relative_to(summary.folder)) if path.is_relative_to(summary.folder) \
+            else str(path)
+
+    table = Table(title="dicomcr demo", show_header=False, box=None, padding=(0, 1, 0, 0))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")  # only a path longer than the line is folded
     table.add_row("folder", str(summary.folder))
     table.add_row("PACS", summary.destination)
     table.add_row("arrived", ", ".join(f"{v} {k}" for k, v in sorted(summary.arrived.items())))
-    for patient, values in sorted(summary.probabilities.items()):
-        table.add_row(f"P(malignant) {patient}", ", ".join(
+    for number, (patient, values) in enumerate(sorted(summary.probabilities.items())):
+        table.add_row("P(malignant)" if number == 0 else "", f"{patient}: " + ", ".join(
             f"{k} {v:.3f}" for k, v in sorted(values.items())))
-    table.add_row("saliency PNGs", f"{len(summary.pngs)} in {summary.folder / 'saliency'}")
-    table.add_row("node config", str(summary.config))
+    table.add_row("saliency PNGs", f"{len(summary.pngs)} in {inside(summary.folder / 'saliency')}")
+    table.add_row("node config", inside(summary.config))
+    if summary.results is not None:
+        meta = json.loads((summary.results / "results.json").read_text())["meta"]
+        table.add_row("model tested", f"{inside(summary.results)}: at CR "
+                      f"{', '.join(f'{c:g}' for c in meta['crs'])} on {meta['breasts']} "
+                      f"held-out breasts ({meta['malignant']} malignant)")
     out.print(table)
-    audit = terminal_table(audit_rows(summary.config),
-                           f"Audit of the demo's sites (dicomcr audit --config {summary.config})")
-    out.print(audit)
+    out.print()
+    out.print(terminal_table(audit_rows(summary.config, summary.results),
+                             "Audit of the demo's sites"))
+    out.print()
+    again = f"dicomcr audit --config {summary.config}"
+    if summary.results is not None:
+        again += f" --results {summary.results}"
+    out.print(f"The same audit, with --json or --html: {again}", highlight=False)
     console.print("The probabilities come from a quick model on a phantom: they show the "
                   "plumbing, not a diagnosis. Not for diagnostic use.")
 

@@ -2,10 +2,14 @@
 
 A small phantom cohort trains a quick CNN3 at CR 20 (reused when the folder has one); Orthanc is
 started on free loopback ports as the PACS (else a local archive folder, said plainly); the node
-serves two sites at different CRs with inference; four full-size phantom studies are sent with
-the library's C-STORE SCU; the demo waits until everything is transcoded, classified and
-forwarded, then summarises: what arrived where, achieved CRs, probabilities, saliency PNGs, the
-audit. Servers are stopped on exit and on Ctrl-C.
+serves two sites at different CRs with inference; four small phantom studies (the geometry the
+quick model was trained on) are sent with the library's C-STORE SCU; the demo waits until
+everything is transcoded, classified and forwarded, then summarises: what arrived where,
+achieved CRs, probabilities, saliency PNGs, the audit. Servers are stopped on exit and on Ctrl-C.
+
+The audit judges the model at each site's CR: before the node starts, the demo tests the quick
+model at CR 1 and at both sites' CRs on held-out phantom studies and writes the results folder
+that `dicomcr audit --results` reads (AUROC with DeLong's CI, AUPRC with a bootstrap CI).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class DemoSummary:
     pngs: list[Path] = field(default_factory=list)
     config: Path | None = None
     notes: list[str] = field(default_factory=list)
+    results: Path | None = None  # the model tested at CR 1 and each site's CR (for the audit)
 
 
 Step = Callable[[str], contextlib.AbstractContextManager]
@@ -48,26 +53,80 @@ Step = Callable[[str], contextlib.AbstractContextManager]
 
 def _train_model(folder: Path, step: Step, train_studies: int, epochs: int) -> Path:
     """A quick CNN3 at CR 20 on a small phantom cohort (reused when already there)."""
-    from typer.testing import CliRunner
-
-    from dicomcr.cli import app
+    from dicomcr.experiments.run import quick_model
+    from dicomcr.models.modelfile import ModelFileError, load_model
     from dicomcr.phantom import CohortSpec, write_cohort
 
     model = folder / "models" / "cnn3-cr20.dcmcr"
-    if model.is_file():
-        return model
+    try:
+        load_model(model)
+        return model  # a model from an earlier run, still readable: reused
+    except (ModelFileError, OSError):  # none yet, or one this version cannot read: trained anew
+        pass
     cohort = folder / "training-cohort"
     if not (cohort / "labels.csv").is_file():
         with step(f"phantom: {train_studies} small studies to train on"):
             write_cohort(CohortSpec(n_studies=train_studies, seed=7, size="small"), cohort,
-                         workers=2)
+                         workers=2, force=True)
     model.parent.mkdir(parents=True, exist_ok=True)
     with step(f"train: CNN3 at CR 20, {epochs} epochs"):
-        result = CliRunner().invoke(app, ["train", str(cohort), "--cr", "20", "--epochs",
-                                          str(epochs), "--out", str(model)])
-    if result.exit_code != 0:
-        raise RuntimeError(f"training the demo model failed:\n{result.output}")
+        try:
+            quick_model(cohort, model, epochs)
+        except ValueError as exc:
+            raise RuntimeError(f"training the demo model failed: {exc}") from exc
     return model
+
+
+def _test_model(folder: Path, model: Path, step: Step, studies: int) -> Path:
+    """The model at CR 1 and at each site's CR on held-out phantom studies (another seed than
+    the training cohort's), written as a `dicomcr cv --cross` results folder with one fold: the
+    whole held-out cohort. The audit reads it for its model verdicts."""
+    import torch
+
+    from dicomcr.data.cache import breast_inputs
+    from dicomcr.data.dataset import fingerprint, load_dataset
+    from dicomcr.data.preprocess import Preprocessing
+    from dicomcr.experiments import cv as cvlib
+    from dicomcr.experiments.train import predict
+    from dicomcr.models.modelfile import load_model
+    from dicomcr.phantom import CohortSpec, write_cohort
+
+    cohort = folder / "test-cohort"
+    try:
+        breasts = load_dataset(cohort).breasts
+    except (FileNotFoundError, ValueError):  # not written yet (or by an older layout)
+        with step(f"phantom: {studies} small held-out studies to test the model on"):
+            write_cohort(CohortSpec(n_studies=studies, seed=13, size="small"), cohort, workers=2,
+                         force=True)
+        breasts = load_dataset(cohort).breasts
+    network, info = load_model(model)
+    crs = sorted({1.0, *(cr for _, _, cr in SITES)})
+    plan = cvlib.ModelPlan(cvlib.model_name(tuple(info.trained_crs)), tuple(info.trained_crs),
+                           tuple(crs))
+    labels = tuple(b.malignant for b in breasts)
+    with step(f"test: {plan.name} at CR {', '.join(f'{c:g}' for c in crs)} on {len(breasts)} "
+              "held-out breasts"):
+        inputs = breast_inputs(breasts, crs, Preprocessing.from_dict(info.preprocessing),
+                               cohort / ".dicomcr-cache", workers=2)
+        tested = cvlib.FoldResult(
+            model=plan.name, fold=0, keys=tuple(b.key for b in breasts), labels=labels,
+            probabilities={f"{c:g}": predict(network, inputs[c], torch.device("cpu")).tolist()
+                           for c in crs},
+            best_epoch=int(info.validation.get("best_epoch", 0)),
+            validation_auroc=float(info.validation.get("val_auroc", float("nan"))),
+            threshold=info.threshold, threshold_rule=info.validation.get("threshold_rule", ""),
+            history=[], identity="held-out")
+        rows = cvlib.summarise([plan], [tested], seed=0)
+    out = folder / "results"
+    cvlib.write_tables(out, rows, [tested], {
+        "data": str(cohort), "data_fingerprint": fingerprint(breasts),
+        "architecture": info.architecture, "spec": info.spec,
+        "preprocessing": info.preprocessing, "crs": crs, "cross": True, "augment": False,
+        "folds": 1, "breasts": len(breasts), "patients": len({b.patient_id for b in breasts}),
+        "malignant": sum(labels), "model": str(model),
+        "model_data_fingerprint": info.data_fingerprint,
+        "evaluation": "the deployed model file, tested once on held-out studies (no folds)"})
+    return out
 
 
 def _config(folder: Path, model: Path, destination: dict) -> Config:
@@ -93,20 +152,23 @@ def _running(config: Config) -> Iterator[Node]:
 
 
 def run_demo(folder: Path, step: Step, studies: int = 4, train_studies: int = 80,
-             epochs: int = 8, on_summary: Callable[[DemoSummary], None] | None = None
-             ) -> DemoSummary:
+             epochs: int = 8, on_summary: Callable[[DemoSummary], None] | None = None,
+             test_studies: int = 30) -> DemoSummary:
     """The demo, start to end; `step(label)` wraps each long step (progress). `on_summary` is
-    called while Orthanc still runs (to show it, or to wait for the user); then all stops."""
+    called while Orthanc still runs (to show it, or to wait for the user); then all stops.
+    `test_studies`: small held-out studies the model is tested on for the audit."""
+    from dicomcr.data.dataset import PHANTOM_DICOM
     from dicomcr.phantom import CohortSpec, write_cohort
 
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     model = _train_model(folder, step, train_studies, epochs)
+    results = _test_model(folder, model, step, test_studies)
     send_cohort = folder / "studies"
-    if not (send_cohort / "labels.csv").is_file():
-        with step(f"phantom: {studies} full-size studies to send"):
-            write_cohort(CohortSpec(n_studies=studies, seed=11, size="full"), send_cohort,
-                         workers=2)
+    if not (send_cohort / "labels.csv").is_file() or not (send_cohort / PHANTOM_DICOM).is_dir():
+        with step(f"phantom: {studies} small studies to send (the model's geometry)"):
+            write_cohort(CohortSpec(n_studies=studies, seed=11, size="small"), send_cohort,
+                         workers=2, force=True)
     orthanc = None
     binary = find_orthanc()
     notes = []
@@ -121,9 +183,9 @@ def run_demo(folder: Path, step: Step, studies: int = 4, train_studies: int = 80
     try:
         config = _config(folder, model, destination)
         summary = DemoSummary(folder, orthanc.web if orthanc else str(folder / "archive"),
-                              notes=notes)
+                              notes=notes, results=results)
         with _running(config) as node:
-            patients = sorted(p for p in send_cohort.iterdir() if p.is_dir())
+            patients = sorted(p for p in (send_cohort / PHANTOM_DICOM).iterdir() if p.is_dir())
             with step(f"send: {len(patients)} studies to the node (two sites)"):
                 for index, patient in enumerate(patients):
                     _, ae, _ = SITES[index % len(SITES)]
@@ -195,13 +257,17 @@ def _results(derived: Path, folder: Path) -> tuple[dict[str, dict[str, float]], 
     return probabilities, pngs
 
 
-def audit_rows(config_path: Path) -> list:
-    """The audit of the demo's node (its sites, job store and storage)."""
+def audit_rows(config_path: Path, results: Path | None = None) -> list:
+    """The audit of the demo's node (its sites, job store and storage); with `results` (a
+    results folder), the model verdict at each site's CR."""
+    import json
+
     from dicomcr.audit.audit import audit_sites, load_guidelines, node_sites
     from dicomcr.config import load_config
 
     files, configured, models, _ = node_sites(load_config(config_path))
-    return audit_sites(files, configured, load_guidelines(), {}, None, models)
+    document = json.loads((results / "results.json").read_text()) if results else None
+    return audit_sites(files, configured, load_guidelines(), {}, document, models)
 
 
 __all__ = ["DemoSummary", "PeerError", "audit_rows", "run_demo"]

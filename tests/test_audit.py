@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import time
@@ -13,15 +14,22 @@ import torch
 from test_node import MG_A, MG_B, NodeProcess, _study, storescu
 from typer.testing import CliRunner
 
-from dicomcr.audit.audit import guideline_verdict, load_guidelines, model_verdict
+from dicomcr.audit.audit import (
+    ModelVerdict,
+    SiteAudit,
+    guideline_verdict,
+    load_guidelines,
+    model_verdict,
+)
+from dicomcr.audit.report import syntax_name, terminal_table
 from dicomcr.cli import app
 from dicomcr.models import CNN3, CNN3Spec
 from dicomcr.models.modelfile import ModelInfo, save_model
 
 runner = CliRunner()
 J2K = "1.2.840.10008.1.2.4.91"
-PREPROCESSING = {"scale": 0.3, "crop_fraction_y": 0.2, "input_size": [64, 64],
-                 "mirror_right": True}
+PREPROCESSING = {"scale": 0.3, "crop_fraction_y": 0.2, "mirror_right": True,
+                 "canvas": [246, 250], "input_size": [64, 64]}
 
 
 def _row(cr: float, auroc: float, low: float, high: float) -> dict:
@@ -48,7 +56,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model") / "deployed.dcmcr"
     save_model(CNN3(spec), ModelInfo(architecture="cnn3", spec=spec.as_dict(),
                                      preprocessing=PREPROCESSING, trained_crs=[20.0],
-                                     data_fingerprint="x"), path)
+                                     data_fingerprint="x", threshold=0.5), path)
     return path
 
 
@@ -62,6 +70,10 @@ def test_verdicts_on_known_inputs(tmp_path: Path) -> None:
     results = json.loads((_results(tmp_path) / "results.json").read_text())
     deployed = {"architecture": "cnn3", "preprocessing": PREPROCESSING, "trained_crs": [20.0]}
     assert model_verdict(results, deployed, 20.1).status == "OK"
+    assert model_verdict(results, deployed, 20.1).note == ""
+    weak = {**results, "rows": [_row(1, 0.55, 0.30, 0.80), _row(20, 0.54, 0.29, 0.79)]}
+    verdict = model_verdict(weak, deployed, 20)  # nothing to lose: said, not a plain OK
+    assert verdict.status == "OK" and "no better than chance at CR 1" in verdict.note
     assert model_verdict(results, deployed, 100).status == "degraded"  # 0.75 < 0.82
     assert model_verdict(results, deployed, 500).status == "not validated"
     assert model_verdict(results, {**deployed, "architecture": "resnet18"}, 20).status == \
@@ -142,3 +154,80 @@ def test_audit_of_node_sites_and_a_broken_folder(small_cohort: Path, model: Path
     assert {s["model"]["status"] for s in json.loads(out.read_text())["sites"]} == {"other model"}
     bad = runner.invoke(app, ["audit"])
     assert bad.exit_code == 2 and "nothing to audit" in bad.output
+
+
+def _render(audits: list[SiteAudit], width: int) -> list[str]:
+    """The terminal audit as plain lines, the way a log of that width holds it."""
+    from rich.console import Console
+
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    console.print(terminal_table(audits, "Compression audit"))
+    return console.file.getvalue().splitlines()
+
+
+def _sites(long_name: bool = False) -> list[SiteAudit]:
+    at = {1: _row(1, 0.86, 0.82, 0.90), 20: _row(20, 0.85, 0.81, 0.89),
+          100: _row(100, 0.70, 0.65, 0.75)}
+    return [
+        SiteAudit("hospital-a", "20", 8, 2, {J2K: 8}, [20.0] * 8, guideline_status="within",
+                  guideline_text="max CR 20.0: above UK 15, within DE 20, within CA 25",
+                  model=ModelVerdict("OK", "M-CR20", 20, at[20], at[1])),
+        SiteAudit("hospital-b", "100", 8, 2, {J2K: 8}, [100.0, 100.1, 100.2],
+                  guideline_status="violation",
+                  guideline_text="max CR 100.2: above UK 15, above DE 20, above CA 25",
+                  model=ModelVerdict("degraded", "M-CR20", 100, at[100], at[1])),
+        SiteAudit("st-elsewhere-breast-screening" if long_name else "outside-clinic", None, 5,
+                  2, {J2K: 3, "1.2.840.10008.1.2.1": 2}, [1.0, 20.0, 20.1],
+                  breaks=[("a.dcm", "lossy, but no Lossy Image Compression Ratio")] * 3,
+                  unreadable=[("b.dcm", "not DICOM")], guideline_status="within",
+                  guideline_text="max CR 20.1: within DE 20",
+                  model=ModelVerdict("no results", note="no --results or no deployed model")),
+    ]
+
+
+def test_the_terminal_audit_reads_at_80_columns() -> None:
+    demo = _render(_sites()[:2], 80)  # the demo's two sites: one line per site and table
+    assert max(len(line) for line in demo) <= 80
+    rows = [line for line in demo if line.startswith("hospital-")]
+    assert len(rows) == 4  # each site in the facts table, then in the verdicts
+    assert rows[0].split()[:4] == ["hospital-a", "8", "(2)", "20"]
+    assert "20.0 / 20.0 / 20.0" in rows[0] and "JPEG 2000 (8)" in rows[0]
+    assert "100.0 / 100.1 / 100.2" in rows[1] and "JPEG 2000 (8)" in rows[1]
+    assert rows[2].split()[1:4] == ["within:", "max", "CR"]
+    assert rows[3].split()[1:2] == ["violation:"]
+    header = next(i for i, line in enumerate(demo) if "model at the site's CR" in line)
+    start = demo[header].index("model at the site's CR")
+    model = " ".join(" ".join(line[start:] for line in demo[header + 2:]).split())
+    assert model == ("OK: M-CR20 AUROC 0.850 (95% CI 0.810-0.890) at CR 20 vs 0.860 "
+                     "(0.820-0.900) at CR 1 degraded: M-CR20 AUROC 0.700 (95% CI 0.650-0.750) "
+                     "at CR 100 vs 0.860 (0.820-0.900) at CR 1")
+
+    lines = _render(_sites(), 80)  # a third site with two syntaxes, breaks and no results
+    text = "\n".join(lines)
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in text and "1.2.840" not in text  # nothing cut; syntaxes by name
+    assert len([line for line in lines if line.startswith("outside-clinic")]) == 2
+    words = text.split()
+    assert {"Explicit", "unreadable", "no", "results"} <= set(words)
+    assert "model at the site's CR" in text
+
+
+def test_the_terminal_audit_stays_whole_in_narrow_consoles() -> None:
+    for width, long_name in ((80, True), (50, False)):
+        lines = _render(_sites(long_name), width)
+        text = "\n".join(lines)
+        assert max(len(line) for line in lines) <= width and "…" not in text
+        # one block of labelled lines per site instead of tables that would cut words
+        assert "model at the site's CR" not in text
+        starts = [line.split()[0] for line in lines if line and not line.startswith(" ")]
+        assert {"hospital-a", "hospital-b"} <= set(starts)
+        assert ("st-elsewhere-breast-screening" if long_name else "outside-clinic") in starts
+        assert "100.0 / 100.1 / 100.2" in " ".join(text.split())
+
+
+def test_transfer_syntaxes_by_short_name() -> None:
+    assert syntax_name(J2K) == "JPEG 2000"
+    assert syntax_name("1.2.840.10008.1.2.4.90") == "JPEG 2000 lossless"
+    assert syntax_name("1.2.840.10008.1.2.1") == "Explicit VR LE"
+    assert syntax_name("1.2.840.10008.1.2.4.100") == "MPEG2 Main Profile / Main Level"  # pydicom's
+    assert syntax_name("1.2.3.4") == "1.2.3.4"  # unknown: the UID itself

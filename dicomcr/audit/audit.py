@@ -99,7 +99,8 @@ def guideline_verdict(max_cr: float, guidelines: list[Guideline], key: str | Non
 
 
 def model_verdict(results: dict | None, model: dict | None, site_cr: float | None) -> ModelVerdict:
-    """OK, degraded (the CI at the site's CR lies wholly below CR 1's) or not validated.
+    """OK, degraded (the CI at the site's CR lies wholly below CR 1's) or not validated; a note
+    says so when the model is no better than chance even at CR 1.
 
     `results`: a results.json of `dicomcr cv --cross`; `model`: the deployed model's metadata
     (architecture, trained_crs, preprocessing)."""
@@ -128,8 +129,9 @@ def model_verdict(results: dict | None, model: dict | None, site_cr: float | Non
         return ModelVerdict("not validated", name, site_cr, at_site, at_cr1,
                             f"{name} was tested at CR {tested}", curve)
     degraded = at_site["auroc_high"] < at_cr1["auroc_low"]
-    return ModelVerdict("degraded" if degraded else "OK", name, site_cr, at_site, at_cr1,
-                        curve=curve)
+    chance = "no better than chance at CR 1 (CI reaches 0.5)" if at_cr1["auroc_low"] <= 0.5 else ""
+    return ModelVerdict("degraded" if degraded else "OK", name, site_cr, at_site, at_cr1, chance,
+                        curve)
 
 
 def node_images(config) -> tuple[dict[str, list[Path]], list[str]]:

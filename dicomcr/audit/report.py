@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .audit import Guideline, SiteAudit
+from .audit import Guideline, ModelVerdict, SiteAudit
 
 
 def to_json(audits: list[SiteAudit], problems: list[str], guidelines: list[Guideline]) -> dict:
@@ -29,31 +29,146 @@ def to_json(audits: list[SiteAudit], problems: list[str], guidelines: list[Guide
     return {"sites": sites, "problems": problems, "guidelines": [asdict(g) for g in guidelines]}
 
 
-def terminal_table(audits: list[SiteAudit], title: str = "Compression audit"):
-    """The audit as a rich table: one row per site, verdicts in colour."""
-    from rich.table import Table
+# Short names of the transfer syntaxes an archive holds (pydicom's names are long).
+SYNTAX_NAMES = {
+    "1.2.840.10008.1.2": "Implicit VR LE",
+    "1.2.840.10008.1.2.1": "Explicit VR LE",
+    "1.2.840.10008.1.2.1.99": "Deflated LE",
+    "1.2.840.10008.1.2.2": "Explicit VR BE",
+    "1.2.840.10008.1.2.4.50": "JPEG Baseline",
+    "1.2.840.10008.1.2.4.51": "JPEG Extended",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless",
+    "1.2.840.10008.1.2.4.70": "JPEG Lossless SV1",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS near-lossless",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 lossless",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.4.92": "JPEG 2000 MC lossless",
+    "1.2.840.10008.1.2.4.93": "JPEG 2000 MC",
+    "1.2.840.10008.1.2.4.201": "HTJ2K lossless",
+    "1.2.840.10008.1.2.4.202": "HTJ2K RPCL lossless",
+    "1.2.840.10008.1.2.4.203": "HTJ2K",
+    "1.2.840.10008.1.2.5": "RLE",
+}
 
-    view = Table(title=title)
-    for name in ("site", "images (studies)", "CR configured", "CR achieved min/median/max",
-                 "syntaxes", "rule breaks", "guidelines", "model at the site's CR"):
-        view.add_column(name, overflow="fold")
-    for a in audits:
+
+def syntax_name(uid: str) -> str:
+    """A transfer syntax by a short name ("JPEG 2000"); pydicom's name, else the UID itself."""
+    from pydicom.uid import UID
+
+    return SYNTAX_NAMES.get(uid) or UID(uid).name
+
+
+def model_text(verdict: ModelVerdict | None) -> str:
+    """A model verdict in one sentence: status, and the AUROC at the site's CR against CR 1."""
+    if verdict is None:
+        return "-"
+    if verdict.at_site and verdict.at_cr1:
+        s, o = verdict.at_site, verdict.at_cr1
+        return (f"{verdict.status}: {verdict.model} AUROC {s['auroc']:.3f} (95% CI "
+                f"{s['auroc_low']:.3f}-{s['auroc_high']:.3f}) at CR {s['test_cr']:g} vs "
+                f"{o['auroc']:.3f} ({o['auroc_low']:.3f}-{o['auroc_high']:.3f}) at CR 1"
+                + (f"; {verdict.note}" if verdict.note else ""))
+    return f"{verdict.status} ({verdict.note})" if verdict.note else verdict.status
+
+
+class AuditView:
+    """The audit for a terminal or a log: a table of what each site stores and one of its
+    verdicts when both fit the width without breaking a word or a number, else one block of
+    lines per site (narrow consoles, long site names). Never wider than the console."""
+
+    def __init__(self, audits: list[SiteAudit], title: str) -> None:
+        self.audits, self.title = audits, title
+
+    def _cells(self, a: SiteAudit) -> dict[str, object]:
+        from rich.text import Text
+
         summary = a.achieved_summary
-        verdict = a.model
-        model_text = verdict.status if verdict else "-"
-        if verdict and verdict.at_site and verdict.at_cr1:
-            model_text += (f": AUROC {verdict.at_site['auroc']:.3f} at CR "
-                           f"{verdict.at_site['test_cr']:g} vs {verdict.at_cr1['auroc']:.3f} at 1")
-        elif verdict and verdict.note:
-            model_text += f" ({verdict.note})"
-        colour = "red" if a.guideline_status == "violation" or a.breaks else "green"
-        view.add_row(a.site, f"{a.images} ({a.studies})", a.configured_cr or "-",
-                     " / ".join(f"{v:.1f}" for v in summary) if summary else "-",
-                     ", ".join(f"{k} ({v})" for k, v in sorted(a.syntaxes.items())),
-                     f"[{colour}]{len(a.breaks)}[/]" + (f", {len(a.unreadable)} unreadable"
-                                                        if a.unreadable else ""),
-                     f"[{colour}]{a.guideline_status or '-'}[/] {a.guideline_text}", model_text)
-    return view
+        syntaxes = sorted(a.syntaxes.items(), key=lambda kv: (-kv[1], kv[0]))
+        breaks = Text(str(len(a.breaks)), "red" if a.breaks else "green")
+        if a.unreadable:
+            breaks.append(f", {len(a.unreadable)} unreadable")
+        guidelines = Text(a.guideline_status or "-",
+                          "red" if a.guideline_status == "violation" else "green")
+        if a.guideline_text:
+            guidelines.append(f": {a.guideline_text}")
+        model = Text(model_text(a.model))
+        if a.model is not None:
+            model.stylize({"OK": "green", "degraded": "red"}.get(a.model.status, "yellow"), 0,
+                          len(a.model.status))
+        return {"images": f"{a.images} ({a.studies})", "set": a.configured_cr or "-",
+                "achieved": " / ".join(f"{v:.1f}" for v in summary) if summary else "-",
+                "syntaxes": ", ".join(f"{syntax_name(k)} ({v})" for k, v in syntaxes) or "-",
+                "breaks": breaks, "guidelines": guidelines, "model": model}
+
+    def tables(self) -> tuple:
+        """(what each site stores, its verdicts): two rich tables."""
+        from rich import box
+        from rich.table import Table
+
+        def table(**kwargs) -> Table:
+            return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                         padding=(0, 1, 0, 0), **kwargs)
+
+        facts, verdicts = table(title=self.title), table()
+        for name in ("site", "images\n(studies)", "CR set", "CR achieved\nmin / med / max"):
+            facts.add_column(name, no_wrap=True)
+        facts.add_column("syntaxes")
+        facts.add_column("rule\nbreaks")
+        verdicts.add_column("site", no_wrap=True)
+        verdicts.add_column("guidelines")
+        verdicts.add_column("model at the site's CR")
+        for a in self.audits:
+            c = self._cells(a)
+            facts.add_row(a.site, c["images"], c["set"], c["achieved"], c["syntaxes"], c["breaks"])
+            verdicts.add_row(a.site, c["guidelines"], c["model"])
+        return facts, verdicts
+
+    def blocks(self):
+        """One block of labelled lines per site, for consoles too narrow for the tables."""
+        from rich.table import Table
+        from rich.text import Text
+
+        grid = Table.grid(padding=(0, 1))
+        grid.title = self.title
+        grid.add_column(no_wrap=True, style="bold")
+        grid.add_column()
+        for a in self.audits:
+            c = self._cells(a)
+            lines = [("images (studies)", f"{c['images']}, CR set: {c['set']}"),
+                     ("CR achieved min / med / max", c["achieved"]),
+                     ("syntaxes", c["syntaxes"]), ("rule breaks", c["breaks"]),
+                     ("guidelines", c["guidelines"]), ("model", c["model"])]
+            for number, (label, value) in enumerate(lines):
+                grid.add_row(a.site if number == 0 else "", Text.assemble((f"{label}: ", "dim"),
+                                                                         value))
+        return grid
+
+    @staticmethod
+    def _narrowest(console, options, table) -> int:
+        """The width `table` needs to break no word, and nothing at all in a no_wrap column."""
+        from rich.measure import Measurement
+
+        widths = []
+        for column in table.columns:
+            sizes = [Measurement.get(console, options, cell) for cell in
+                     (column.header, *column.cells)]
+            widths.append(max(m.maximum if column.no_wrap else m.minimum for m in sizes))
+        return sum(widths) + 2 * (len(widths) - 1)  # a separator and a padding between columns
+
+    def __rich_console__(self, console, options):
+        tables = self.tables()
+        if all(self._narrowest(console, options, t) <= options.max_width for t in tables):
+            yield tables[0]
+            yield ""
+            yield tables[1]
+        else:
+            yield self.blocks()
+
+
+def terminal_table(audits: list[SiteAudit], title: str = "Compression audit") -> AuditView:
+    """The audit as a rich renderable, readable at 80 columns (see AuditView)."""
+    return AuditView(audits, title)
 
 
 def _plot(audit: SiteAudit, guidelines: list[Guideline]) -> str:
@@ -115,11 +230,13 @@ def write_html(audits: list[SiteAudit], problems: list[str], guidelines: list[Gu
             parts.append(f"<p>{esc(a.model.model)} at CR {s['test_cr']:g}: AUROC {s['auroc']:.3f} "
                          f"({s['auroc_low']:.3f}-{s['auroc_high']:.3f}), AUPRC {s['auprc']:.3f} "
                          f"({s['auprc_low']:.3f}-{s['auprc_high']:.3f}); at CR 1: AUROC "
-                         f"{o['auroc']:.3f} ({o['auroc_low']:.3f}-{o['auroc_high']:.3f}).</p>")
+                         f"{o['auroc']:.3f} ({o['auroc_low']:.3f}-{o['auroc_high']:.3f})"
+                         + (f"; {esc(a.model.note)}" if a.model.note else "") + ".</p>")
         elif a.model and a.model.note:
             parts.append(f"<p>Model: {esc(a.model.status)} ({esc(a.model.note)})</p>")
         parts.append("<p>Transfer syntaxes: " + ", ".join(
-            f"{esc(k)} ({v})" for k, v in sorted(a.syntaxes.items())) + "</p>")
+            f"{esc(syntax_name(k))} ({v}, {esc(k)})" for k, v in sorted(a.syntaxes.items()))
+                     + "</p>")
         if a.histories:
             parts.append("<p>Lossy histories (0028,2112): " + ", ".join(
                 f"{esc(k)} ({v})" for k, v in sorted(a.histories.items())) + "</p>")
