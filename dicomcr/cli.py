@@ -552,6 +552,8 @@ def cv(
     if run.reused:
         console.print(f"{run.reused} fold(s) were finished before and reused from {out}/folds")
     _print_rows(run.rows, run.plans, cross or augment)
+    _print_paired(run.rows)
+    _print_findings(run.findings, run.findings_note)
     if run.saliency:
         table = Table(title="Grad-CAM against the lesion masks (malignant breasts, out of fold)")
         for name in ("model", "breasts", "pointing game (95% CI)", "energy inside (mean ± sd)"):
@@ -579,7 +581,9 @@ def _print_rows(rows: list, plans: list, every_cr: bool) -> None:
     if not every_cr:
         return
     crs = sorted({r.test_cr for r in rows})
-    matrix = Table(title="AUROC of every model at every test CR (rows: model, columns: test CR)")
+    Console().print("AUROC of every model at every test CR (rows: model, columns: test CR)",
+                    style="italic", highlight=False)
+    matrix = Table()
     matrix.add_column("model")
     for c in crs:
         matrix.add_column(f"{c:g}", justify="right")
@@ -587,6 +591,65 @@ def _print_rows(rows: list, plans: list, every_cr: bool) -> None:
         cells = {r.test_cr: f"{r.auroc:.3f}" for r in rows if r.model == plan.name}
         matrix.add_row(plan.name, *(cells.get(c, "") for c in crs))
     Console().print(matrix)
+
+
+def _compact(title: str, crs: list[float], first: str, rows: list[list[str]], width: int) -> None:
+    """Print a title line, then a table that reads at 80 columns: a label column and one narrow
+    column (`width` characters) per test CR."""
+    from dicomcr.codec.j2k import cr_short
+
+    table = Table(box=None, padding=(0, 0), show_edge=False)
+    table.add_column(first, no_wrap=True)
+    for c in crs:
+        table.add_column(cr_short(c), justify="right", min_width=width)
+    for row in rows:
+        table.add_row(*row)
+    out = Console()
+    out.print(title, style="italic", highlight=False)
+    out.print(table)
+
+
+def _print_paired(rows: list) -> None:
+    """DeLong's paired test against M-CR1 at CR 1, one cell per model and test CR."""
+    from dicomcr.experiments.cv import REFERENCE
+
+    paired = [r for r in rows if r.vs_mcr1_diff is not None]
+    if not paired:
+        why = ("no CR 1 in this run" if all(r.model != REFERENCE for r in rows) else
+               f"no model but {REFERENCE}")
+        console.print(f"Paired tests against {REFERENCE}: none ({why})")
+        return
+    crs = sorted({r.test_cr for r in rows})
+    body = []
+    for model in dict.fromkeys(r.model for r in paired):
+        cells = {r.test_cr: f"{r.vs_mcr1_diff:+.2f}".replace("0.", ".")
+                 + ("*" if r.vs_mcr1_p < 0.05 else " ") for r in paired if r.model == model}
+        body.append([model, *(cells.get(c, "") for c in crs)])
+    _compact(f"AUROC minus {REFERENCE}'s at CR 1 on the same breasts (DeLong's "
+             "paired test, * p < 0.05; CIs and p in results.csv)", crs, "model", body, 6)
+
+
+def _print_findings(findings: list, note: str) -> None:
+    """The AUROC of each malignant finding type against the test CR, for the curves of the
+    figure (each model at its own CR; M-CR1 and the widest mixture at every CR)."""
+    from dicomcr.experiments.report import finding_curves
+
+    if not findings:
+        console.print(note)
+        return
+    short = {"mass": "mass", "calcification": "calc", "mass_calcification": "mass+calc"}
+    curves = finding_curves(findings)
+    crs = sorted({r.test_cr for curve in curves.values() for r in curve})
+    body = []
+    for name, curve in curves.items():
+        body.append([name, *[""] * len(crs)])
+        for finding in dict.fromkeys(r.finding for r in curve):
+            mine = [r for r in curve if r.finding == finding]
+            cells = {r.test_cr: f"{r.auroc:.2f}" for r in mine}
+            body.append([f"  {short.get(finding, finding)} ({mine[0].positives})",
+                         *(cells.get(c, "") for c in crs)])
+    _compact("AUROC of each malignant finding type (n breasts) against all non-malignant "
+             "breasts (CIs in findings.csv)", crs, "test CR", body, 5)
 
 
 @app.command()

@@ -117,6 +117,8 @@ def _test_model(folder: Path, model: Path, step: Step, studies: int) -> Path:
             threshold=info.threshold, threshold_rule=info.validation.get("threshold_rule", ""),
             history=[], identity="held-out")
         rows = cvlib.summarise([plan], [tested], seed=0)
+        finding_of = {b.key: b.finding.value if b.finding else None for b in breasts}
+        findings = cvlib.summarise_findings([plan], [tested], finding_of)
     out = folder / "results"
     cvlib.write_tables(out, rows, [tested], {
         "data": str(cohort), "data_fingerprint": fingerprint(breasts),
@@ -125,7 +127,8 @@ def _test_model(folder: Path, model: Path, step: Step, studies: int) -> Path:
         "folds": 1, "breasts": len(breasts), "patients": len({b.patient_id for b in breasts}),
         "malignant": sum(labels), "model": str(model),
         "model_data_fingerprint": info.data_fingerprint,
-        "evaluation": "the deployed model file, tested once on held-out studies (no folds)"})
+        "evaluation": "the deployed model file, tested once on held-out studies (no folds)"},
+        findings=findings, finding_of=finding_of)
     return out
 
 

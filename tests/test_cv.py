@@ -13,8 +13,15 @@ from typer.testing import CliRunner
 
 from dicomcr.cli import app
 from dicomcr.data.dataset import read_phantom_labels
-from dicomcr.experiments.cv import cv_folds, plan_models
-from dicomcr.experiments.metrics import auroc_delong
+from dicomcr.experiments.cv import (
+    FoldResult,
+    cv_folds,
+    findings_note,
+    plan_models,
+    summarise,
+    summarise_findings,
+)
+from dicomcr.experiments.metrics import auroc_delong, delong_paired
 from dicomcr.experiments.saliency import energy_inside, pointing_game, wilson
 from dicomcr.models.modelfile import load_model
 from dicomcr.phantom import CohortSpec, write_cohort
@@ -77,6 +84,63 @@ def test_the_plan_names_the_papers_models() -> None:
         plan_models([15, 20], augment=True)
 
 
+def _folds(plans, probabilities, labels: list[int], keys: list[str]) -> list[FoldResult]:
+    """Two folds per plan over the same breasts: `probabilities(plan, cr)` gives one per key."""
+    half = len(keys) // 2
+    return [FoldResult(plan.name, k, tuple(keys[part]), tuple(labels[part]),
+                       {f"{c:g}": list(probabilities(plan, c)[part]) for c in plan.test_crs},
+                       1, 0.5, 0.5, "fixed", [], "x")
+            for plan in plans for k, part in enumerate((slice(0, half), slice(half, None)))]
+
+
+def test_paired_tests_and_findings_from_fold_results() -> None:
+    rng = np.random.default_rng(0)
+    labels = [1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0]
+    keys = [f"p{i}/L" for i in range(len(labels))]
+    finding_of = dict(zip(keys, ["mass", "normal", "calcification", "calcification", "mass", "mass",
+                                 "normal", "normal", "mass_calcification", "normal", "mass",
+                                 "normal", "normal", "calcification", "normal", "normal"],
+                             strict=True))
+    scores = {(name, c): rng.random(len(keys)) for name in ("M-CR1", "M-CR20") for c in (1, 20)}
+
+    def probabilities(plan, c):
+        return scores[plan.name, c]
+
+    y = np.array(labels)
+    table1 = plan_models([1, 20])  # each model at its own CR: M-CR20 at 20 against M-CR1 at 1
+    rows = {(r.model, r.test_cr): r
+            for r in summarise(table1, _folds(table1, probabilities, labels, keys), seed=0)}
+    expected = delong_paired(y, scores["M-CR20", 20], scores["M-CR1", 1])
+    assert rows["M-CR20", 20].vs_mcr1_diff == pytest.approx(expected.difference.value)
+    assert rows["M-CR20", 20].vs_mcr1_p == pytest.approx(expected.p_value)
+    assert all(r.vs_cr1_diff is None for r in rows.values())  # no model tested at 1 and 20
+    assert rows["M-CR1", 1].vs_mcr1_diff is None
+    cross = plan_models([1, 20], cross=True)
+    results = _folds(cross, probabilities, labels, keys)
+    rows = {(r.model, r.test_cr): r for r in summarise(cross, results, seed=0)}
+    expected = delong_paired(y, scores["M-CR20", 20], scores["M-CR1", 1])
+    got = rows["M-CR20", 20]
+    assert (got.vs_mcr1_diff, got.vs_mcr1_diff_low, got.vs_mcr1_diff_high, got.vs_mcr1_p) == \
+        pytest.approx((expected.difference.value, expected.difference.low,
+                       expected.difference.high, expected.p_value))
+    assert got.vs_cr1_diff == pytest.approx(roc_auc_score(y, scores["M-CR20", 20])
+                                            - roc_auc_score(y, scores["M-CR20", 1]))
+    assert rows["M-CR1", 1].vs_mcr1_diff is None and rows["M-CR1", 1].vs_cr1_diff is None
+    assert rows["M-CR1", 20].vs_mcr1_diff is None and rows["M-CR1", 20].vs_cr1_p is not None
+
+    found = summarise_findings(cross, results, finding_of)
+    # mass_calcification has one malignant breast: left out; the benign mass is a negative
+    assert {r.finding for r in found} == {"mass", "calcification"} and len(found) == 2 * 2 * 2
+    for r in found:
+        keep = (y == 0) | np.array([finding_of[k] == r.finding for k in keys])
+        assert r.auroc == pytest.approx(roc_auc_score(y[keep], scores[r.model, r.test_cr][keep]))
+        assert (r.positives, r.negatives) == (int(y[keep].sum()), int((y == 0).sum()))
+    unknown = dict.fromkeys(keys)
+    assert summarise_findings(cross, results, unknown) == []
+    assert "carry no finding types" in findings_note([], unknown)
+    assert findings_note(found, finding_of) == ""
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cv-cohort")
@@ -109,9 +173,12 @@ def test_cv_writes_tables_figures_and_resumes(cohort: Path, tmp_path: Path) -> N
     assert 0 < info.threshold < 1 and info.validation["threshold_rule"]  # every fold's network
     document = json.loads((out / "results.json").read_text())
     assert document["folds"]["M-CR1-20"]["2"]["threshold"] == info.threshold
-    for name in ("results.csv", "results.json", "predictions.csv", "fig2_roc_pr.png",
-                 "table2_auroc.png", "table2_auprc.png", "fig4_augment.png"):
+    for name in ("results.csv", "results.json", "predictions.csv", "findings.csv",
+                 "fig2_roc_pr.png", "table2_auroc.png", "table2_auprc.png", "fig4_augment.png",
+                 "fig_findings.png"):
         assert (out / name).stat().st_size > 0, name
+    assert "AUROC minus M-CR1's" in first.output  # the paired tests and the findings, printed
+    assert "AUROC of each malignant finding type" in first.output
     with open(out / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {(r["model"], r["test_cr"]) for r in rows} == {
@@ -119,17 +186,53 @@ def test_cv_writes_tables_figures_and_resumes(cohort: Path, tmp_path: Path) -> N
     with open(out / "predictions.csv", newline="") as handle:
         predictions = list(csv.DictReader(handle))
     assert len({p["breast"] for p in predictions}) == 40  # every breast, out of fold
+    finding = {b.key: b.finding.value for b in read_phantom_labels(cohort)}
+    assert all(p["finding"] == finding[p["breast"]] for p in predictions)
+
+    def pooled(model: str, cr: str, finding: str = "") -> tuple[np.ndarray, np.ndarray]:
+        mine = [p for p in predictions if p["model"] == model and p["test_cr"] == cr
+                and (not finding or p["malignant"] == "0" or p["finding"] == finding)]
+        return (np.array([int(p["malignant"]) for p in mine]),
+                np.array([float(p["probability"]) for p in mine]))
+
+    auroc = {(r["model"], r["test_cr"]): roc_auc_score(*pooled(r["model"], r["test_cr"]))
+             for r in rows}
     for row in rows:  # the pooled metrics are those of the out-of-fold predictions
-        mine = [p for p in predictions if p["model"] == row["model"]
-                and p["test_cr"] == row["test_cr"]]
-        y = np.array([int(p["malignant"]) for p in mine])
-        s = np.array([float(p["probability"]) for p in mine])
-        assert len(mine) == 40 == int(row["n"])
+        y, s = pooled(row["model"], row["test_cr"])
+        assert len(y) == 40 == int(row["n"])
         assert float(row["auroc"]) == pytest.approx(roc_auc_score(y, s), abs=1e-4)
         assert float(row["auprc"]) == pytest.approx(average_precision_score(y, s), abs=1e-4)
         assert float(row["auroc_low"]) <= float(row["auroc"]) <= float(row["auroc_high"])
+        for prefix, other in (("vs_mcr1", ("M-CR1", "1")),
+                              ("vs_cr1", (row["model"], "1"))):  # paired tests, same breasts
+            diff, low, high, p = (row[f"{prefix}_{k}"] for k in ("diff", "diff_low",
+                                                                 "diff_high", "p"))
+            if (row["model"], row["test_cr"]) == other or (  # CR 1 itself, or M-CR1's rows
+                    prefix == "vs_mcr1" and row["model"] == "M-CR1"):
+                assert diff == low == high == p == "", row
+                continue
+            assert float(diff) == pytest.approx(auroc[row["model"], row["test_cr"]]
+                                                - auroc[other], abs=1e-4)
+            assert float(low) <= float(diff) <= float(high) and 0 <= float(p) <= 1
+    assert all(r["vs_mcr1_diff"] == "" for r in rows if r["model"] == "M-CR1")
+    with open(out / "findings.csv", newline="") as handle:
+        findings = list(csv.DictReader(handle))
+    malignant_of = {}
+    for b in read_phantom_labels(cohort):
+        malignant_of[b.finding.value] = malignant_of.get(b.finding.value, 0) + b.malignant
+    kinds = {f for f, n in malignant_of.items() if n >= 2}  # types with two cancers or more
+    assert kinds and {(r["model"], r["test_cr"], r["finding"]) for r in findings} == {
+        (r["model"], r["test_cr"], f) for r in rows for f in kinds}
+    for row in findings:  # each type's cancers against every non-malignant breast
+        y, s = pooled(row["model"], row["test_cr"], row["finding"])
+        assert int(row["positives"]) == y.sum() == malignant_of[row["finding"]]
+        assert int(row["negatives"]) == (y == 0).sum()
+        assert float(row["auroc"]) == pytest.approx(roc_auc_score(y, s), abs=1e-4)
+        assert float(row["auroc_low"]) <= float(row["auroc"]) <= float(row["auroc_high"])
     document = json.loads((out / "results.json").read_text())
     assert document["meta"]["folds"] == 3 and len(document["folds"]["M-CR20"]) == 3
+    assert len(document["findings"]) == len(findings) and document["findings_note"] == ""
+    assert {"vs_mcr1_diff", "vs_mcr1_p", "vs_cr1_diff"} <= set(document["rows"][0])
 
     table = (out / "results.csv").read_text()
     stamps = {p: p.stat().st_mtime_ns for p in (out / "folds").rglob("*.json")}
@@ -147,7 +250,8 @@ def test_cv_writes_tables_figures_and_resumes(cohort: Path, tmp_path: Path) -> N
     assert report.exit_code == 0, report.output
     page = (out / "report.html").read_text()
     assert "Table 1" in page and "Table 2" in page and "Figure 4" in page
-    assert page.count("data:image/png;base64,") == 4 and "pointing game" not in page  # rerun
+    assert "Paired tests" in page and "Per finding type" in page
+    assert page.count("data:image/png;base64,") == 5 and "pointing game" not in page  # rerun
     assert "http://" not in page and "https://" not in page  # viewable offline
 
 

@@ -6,7 +6,11 @@
   x), Table 2 with `cross` (every M-CRx at every CR), Fig. 4 with `augment` (M-CR1-x trained on
   every CR from 1 to x, tested at every CR).
 - `run_fold`: one model on one fold; `summarise`: pooled out-of-fold AUROC (DeLong CI) and AUPRC
-  (bootstrap CI) per model and test CR, with the fold mean and sd beside them.
+  (bootstrap CI) per model and test CR, with the fold mean and sd beside them, and DeLong's paired
+  test of the row against M-CR1 at the same test CR and against the same model at test CR 1 (every
+  plan shares the folds, so every prediction set covers the same breasts).
+- `summarise_findings`: the AUROC of each malignant finding type against all non-malignant
+  breasts, per model and test CR: which cancers compression erases first.
 Fold results are files (`ResultsDir`): a rerun loads the folds already done instead of training.
 """
 
@@ -15,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .metrics import auprc_bootstrap, auroc_delong
+from ..data.dataset import Finding
+from .metrics import auprc_bootstrap, auroc_by_group, auroc_delong, delong_paired
 from .train import Samples, TrainOptions, operating_threshold, predict, train_model
 
 
@@ -207,6 +212,21 @@ class Row:
     fold_auroc_sd: float
     fold_auprc_mean: float
     fold_auprc_sd: float
+    # DeLong's paired test on the same breasts, this AUROC minus the other's (None: no such pair).
+    # Against M-CR1 at test CR 1 (the paper's Table 1 comparison): what this model's compressed
+    # pipeline, training and test images, costs against originals throughout.
+    vs_mcr1_diff: float | None = None
+    vs_mcr1_diff_low: float | None = None
+    vs_mcr1_diff_high: float | None = None
+    vs_mcr1_p: float | None = None
+    # Against this model at test CR 1: what compressing the test images costs this model.
+    vs_cr1_diff: float | None = None
+    vs_cr1_diff_low: float | None = None
+    vs_cr1_diff_high: float | None = None
+    vs_cr1_p: float | None = None
+
+
+REFERENCE = model_name((1.0,))  # M-CR1: trained on the originals, the paired tests' reference
 
 
 def _fold_stats(values: list[float]) -> tuple[float, float]:
@@ -216,17 +236,33 @@ def _fold_stats(values: list[float]) -> tuple[float, float]:
     return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
 
 
+def _paired(first: tuple[tuple[str, ...], np.ndarray, np.ndarray],
+            second: tuple[tuple[str, ...], np.ndarray, np.ndarray]) -> tuple[float, ...]:
+    """(difference, low, high, p) of DeLong's paired test: first's AUROC minus second's."""
+    if first[0] != second[0]:
+        raise ValueError("a paired test needs both prediction sets on the same breasts")
+    c = delong_paired(first[1], first[2], second[2])
+    return c.difference.value, c.difference.low, c.difference.high, c.p_value
+
+
 def summarise(plans: list[ModelPlan], results: list[FoldResult], seed: int) -> list[Row]:
-    """Pooled out-of-fold metrics with CIs, and fold mean and sd, per model and test CR."""
+    """Pooled out-of-fold metrics with CIs, fold mean and sd, and the paired tests (against M-CR1
+    at test CR 1, against the model itself at test CR 1) per model and test CR."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
+    reference = next((p for p in plans if p.name == REFERENCE), None)
+
+    def scored(plan: ModelPlan, c: float) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+        return (pooled_keys(plan, results), *pooled(plan, results, c))
+
+    none = (None,) * 4
     rows = []
     for plan in plans:
         folds = sorted((r for r in results if r.model == plan.name), key=lambda r: r.fold)
         for c in plan.test_crs:
             cr = f"{c:g}"
-            y = np.array([v for r in folds for v in r.labels])
-            s = np.array([v for r in folds for v in r.probabilities[cr]])
+            mine = scored(plan, c)
+            _, y, s = mine
             auroc, auprc = auroc_delong(y, s), auprc_bootstrap(y, s, seed)
             per_fold_roc, per_fold_pr = [], []
             for r in folds:
@@ -234,11 +270,61 @@ def summarise(plans: list[ModelPlan], results: list[FoldResult], seed: int) -> l
                 two = len(set(fy.tolist())) == 2
                 per_fold_roc.append(float(roc_auc_score(fy, fs)) if two else float("nan"))
                 per_fold_pr.append(float(average_precision_score(fy, fs)) if two else float("nan"))
+            vs_mcr1 = (_paired(mine, scored(reference, 1.0)) if reference is not None
+                       and plan is not reference and 1.0 in reference.test_crs else none)
+            vs_cr1 = _paired(mine, scored(plan, 1.0)) if c != 1 and 1 in plan.test_crs else none
             rows.append(Row(plan.name, ",".join(f"{t:g}" for t in plan.train_crs), c, len(y),
                             int(y.sum()), auroc.value, auroc.low, auroc.high, auprc.value,
                             auprc.low, auprc.high, *_fold_stats(per_fold_roc),
-                            *_fold_stats(per_fold_pr)))
+                            *_fold_stats(per_fold_pr), *vs_mcr1, *vs_cr1))
     return rows
+
+
+@dataclass(frozen=True)
+class FindingRow:
+    """The AUROC of one malignant finding type: its malignant breasts against every non-malignant
+    breast (benign findings included), a model tested at one CR over all folds."""
+
+    model: str
+    train_crs: str
+    test_cr: float
+    finding: str  # a `Finding` value
+    positives: int  # malignant breasts with this finding
+    negatives: int
+    auroc: float
+    auroc_low: float
+    auroc_high: float
+
+
+def summarise_findings(plans: list[ModelPlan], results: list[FoldResult],
+                       finding_of: Mapping[str, str | None]) -> list[FindingRow]:
+    """Per model, test CR and malignant finding type (`finding_of`: breast key -> `Finding`
+    value, None when unknown), the pooled out-of-fold AUROC with DeLong's CI. Types with fewer
+    than two malignant breasts, and malignant breasts of unknown finding, are left out."""
+    order = [f.value for f in Finding]
+    rows = []
+    for plan in plans:
+        groups = np.array([finding_of.get(k) or "" for k in pooled_keys(plan, results)],
+                          dtype=object)
+        for c in plan.test_crs:
+            y, s = pooled(plan, results, c)
+            found = auroc_by_group(y, s, groups)
+            for finding in sorted((g for g in found if g), key=order.index):
+                e = found[finding]
+                rows.append(FindingRow(plan.name, ",".join(f"{t:g}" for t in plan.train_crs), c,
+                                       finding, int((y.astype(bool) & (groups == finding)).sum()),
+                                       int((y == 0).sum()), e.value, e.low, e.high))
+    return rows
+
+
+def findings_note(rows: list[FindingRow], finding_of: Mapping[str, str | None]) -> str:
+    """Why there are no per-finding rows ("" when there are)."""
+    if rows:
+        return ""
+    if not any(finding_of.values()):
+        return ("no per-finding AUROC: the data carry no finding types (the phantom's labels do; "
+                "a CSV needs a finding column)")
+    return "no per-finding AUROC: no finding type has two malignant breasts"
 
 
 def cross_validate(plans: list[ModelPlan], folds: list[Fold], keys: list[str],
@@ -272,34 +358,69 @@ def cross_validate(plans: list[ModelPlan], folds: list[Fold], keys: list[str],
     return out
 
 
+def _mine(plan: ModelPlan, results: list[FoldResult]) -> list[FoldResult]:
+    return sorted((r for r in results if r.model == plan.name), key=lambda r: r.fold)
+
+
 def pooled(plan: ModelPlan, results: list[FoldResult], cr: float) -> tuple[np.ndarray, np.ndarray]:
     """(labels, probabilities) of every out-of-fold prediction of `plan` at test CR `cr`."""
-    mine = sorted((r for r in results if r.model == plan.name), key=lambda r: r.fold)
+    mine = _mine(plan, results)
     return (np.array([v for r in mine for v in r.labels]),
             np.array([v for r in mine for v in r.probabilities[f"{cr:g}"]]))
 
 
+def pooled_keys(plan: ModelPlan, results: list[FoldResult]) -> tuple[str, ...]:
+    """The breast keys of `pooled`'s predictions, in its order."""
+    return tuple(k for r in _mine(plan, results) for k in r.keys)
+
+
+def _cell(name: str, value: object) -> object:
+    """A results.csv cell: CRs as written, p-values to 4 significant digits, other floats to 4
+    decimals, no value empty."""
+    if value is None:
+        return ""
+    if name == "test_cr":
+        return f"{value:g}"
+    if isinstance(value, float):
+        return f"{value:.4g}" if name.endswith("_p") else f"{value:.4f}"
+    return value
+
+
+def _write_csv(path: Path, records: list) -> None:
+    import csv
+
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(type(records[0]).__dataclass_fields__)
+        for record in records:
+            writer.writerow([_cell(k, v) for k, v in asdict(record).items()])
+
+
 def write_tables(root: Path, rows: list[Row], results: list[FoldResult], meta: dict,
-                 saliency: list | None = None) -> None:
+                 saliency: list | None = None, findings: list[FindingRow] | None = None,
+                 finding_of: Mapping[str, str | None] | None = None) -> None:
     """RESULTS/results.csv and results.json (the rows and the run's parameters), and
-    predictions.csv (every out-of-fold probability); saliency.csv when Grad-CAM was scored."""
+    predictions.csv (every out-of-fold probability, with the breast's finding when known);
+    saliency.csv when Grad-CAM was scored; findings.csv with the per-finding rows (results.json
+    holds them too, or `findings_note` saying why there are none)."""
     import csv
 
     root.mkdir(parents=True, exist_ok=True)
-    names = list(Row.__dataclass_fields__)
-    with open(root / "results.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(names)
-        for row in rows:
-            writer.writerow([f"{v:.4f}" if isinstance(v, float) and k != "test_cr" else
-                             (f"{v:g}" if k == "test_cr" else v) for k, v in asdict(row).items()])
+    finding_of = finding_of or {}
+    _write_csv(root / "results.csv", rows)
+    if findings:
+        _write_csv(root / "findings.csv", findings)
+    else:
+        (root / "findings.csv").unlink(missing_ok=True)  # not a stale one from an earlier run
     folds = {r.model: {} for r in results}
     for r in results:
         folds[r.model][str(r.fold)] = {"best_epoch": r.best_epoch,
                                        "validation_auroc": r.validation_auroc,
                                        "threshold": r.threshold}
     document = {"meta": meta, "rows": [asdict(r) for r in rows], "folds": folds,
-                "saliency": [asdict(r) for r in saliency or []]}
+                "saliency": [asdict(r) for r in saliency or []],
+                "findings": [asdict(r) for r in findings or []],
+                "findings_note": findings_note(findings or [], finding_of)}
     if saliency:
         with open(root / "saliency.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, list(asdict(saliency[0])))
@@ -308,8 +429,10 @@ def write_tables(root: Path, rows: list[Row], results: list[FoldResult], meta: d
     (root / "results.json").write_text(json.dumps(document, indent=1, default=str))
     with open(root / "predictions.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(("model", "fold", "breast", "malignant", "test_cr", "probability"))
+        writer.writerow(("model", "fold", "breast", "malignant", "finding", "test_cr",
+                         "probability"))
         for r in results:
             for cr, probabilities in r.probabilities.items():
                 for key, label, value in zip(r.keys, r.labels, probabilities, strict=True):
-                    writer.writerow((r.model, r.fold, key, label, cr, repr(value)))
+                    writer.writerow((r.model, r.fold, key, label, finding_of.get(key) or "", cr,
+                                     repr(value)))

@@ -1,4 +1,5 @@
-"""The paper's figures as functions of the results: Fig. 2 (ROC and PR), Table 2's heat map, Fig. 4.
+"""The paper's figures as functions of the results: Fig. 2 (ROC and PR), Table 2's heat map, Fig. 4,
+and (beyond the paper) the AUROC of each malignant finding type against the test CR.
 
 Each takes arrays or result rows and a path, writes one PNG, and keeps no state (Agg backend).
 """
@@ -15,7 +16,7 @@ import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from ..codec.j2k import cr_short
-from .cv import Row
+from .cv import FindingRow, Row
 
 
 def roc_pr_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], rows: dict[str, Row],
@@ -92,6 +93,52 @@ def augment_figure(rows: list[Row], path: Path, title: str = "") -> None:
            title=title or "Compression as augmentation: models trained on CR mixtures")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+FINDING_COLOURS = {"mass": "tab:red", "calcification": "tab:blue",
+                   "mass_calcification": "tab:purple", "other": "tab:grey", "normal": "tab:green"}
+
+
+def _log_labels(crs: list[float], share: float = 1 / 16) -> list[str]:
+    """CR labels for a log axis, blank where a label would touch its right-hand neighbour (at
+    least `share` of the axis's decades apart); the highest CR is always labelled."""
+    labels, last = [""] * len(crs), np.inf
+    gap = share * np.log10(max(crs) / min(crs)) if len(crs) > 1 else 0.0
+    for i in range(len(crs) - 1, -1, -1):
+        if last - np.log10(crs[i]) >= gap:
+            labels[i], last = cr_short(crs[i]), np.log10(crs[i])
+    return labels
+
+
+def findings_figure(curves: dict[str, list[FindingRow]], path: Path, title: str = "") -> None:
+    """AUROC of each malignant finding type (its breasts against every non-malignant one, DeLong
+    CI as a band) against the test CR on a log axis: one panel per curve (a model tested at every
+    CR, or each model at its own CR), one line per finding type."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 4.2), sharey=True,
+                             squeeze=False)
+    crs = sorted({r.test_cr for rows in curves.values() for r in rows})
+    for ax, (name, rows) in zip(axes[0], curves.items(), strict=True):
+        for finding in dict.fromkeys(r.finding for r in rows):
+            mine = sorted((r for r in rows if r.finding == finding), key=lambda r: r.test_cr)
+            x = [r.test_cr for r in mine]
+            colour = FINDING_COLOURS.get(finding, "black")
+            ax.plot(x, [r.auroc for r in mine], marker="o", ms=3, color=colour,
+                    label=f"{finding.replace('_', ' + ')} ({mine[0].positives})")
+            ax.fill_between(x, [r.auroc_low for r in mine], [r.auroc_high for r in mine],
+                            color=colour, alpha=0.12, lw=0)
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xticks(crs, _log_labels(crs))
+        ax.minorticks_off()
+        ax.set(xlabel="test CR", ylim=(0, 1.02), title=name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left", title="finding (malignant breasts)",
+                  title_fontsize=7)
+    axes[0][0].set_ylabel("AUROC vs. all non-malignant (95% CI band)")
+    fig.suptitle(title or "What compression erases, per malignant finding type")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

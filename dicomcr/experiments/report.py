@@ -12,13 +12,15 @@ import json
 from pathlib import Path
 
 from ..codec.j2k import cr_short
-from .cv import FoldResult, ModelPlan, Row, pooled
-from .figures import augment_figure, cross_heatmap, roc_pr_figure
+from .cv import REFERENCE, FindingRow, FoldResult, ModelPlan, Row, pooled
+from .figures import augment_figure, cross_heatmap, findings_figure, roc_pr_figure
 
 FIG2 = "fig2_roc_pr.png"
 CROSS_AUROC = "table2_auroc.png"
 CROSS_AUPRC = "table2_auprc.png"
 FIG4 = "fig4_augment.png"
+FINDINGS = "fig_findings.png"
+OWN_CR = "M-CRx at its own CR"
 
 
 class ReportError(ValueError):
@@ -29,11 +31,31 @@ def _single(plans: list[ModelPlan]) -> list[ModelPlan]:
     return [p for p in plans if len(p.train_crs) == 1]
 
 
+def finding_curves(findings: list[FindingRow]) -> dict[str, list[FindingRow]]:
+    """The per-finding rows worth a line against the test CR: each single-CR model at its own CR
+    (Table 1), and M-CR1 and the widest CR mixture when tested at more than one CR."""
+    curves = {OWN_CR: [r for r in findings if r.train_crs == f"{r.test_cr:g}"]}
+    mixtures = sorted({(r.train_crs.count(","), r.model) for r in findings if "," in r.train_crs})
+    for name in (REFERENCE, *(mixtures[-1][1:] if mixtures else ())):
+        mine = [r for r in findings if r.model == name]
+        if len({r.test_cr for r in mine}) > 1:
+            curves[f"{name} at every CR"] = mine
+    return {name: rows for name, rows in curves.items() if rows}
+
+
 def write_figures(root: Path, plans: list[ModelPlan], rows: list[Row],
-                  results: list[FoldResult]) -> list[Path]:
+                  results: list[FoldResult], findings: list[FindingRow] | None = None
+                  ) -> list[Path]:
     """Fig. 2 always; Table 2's heat maps when single-CR models were tested at other CRs; Fig. 4
-    when CR mixtures were trained. Returns the paths written."""
+    when CR mixtures were trained; the per-finding AUROC against the test CR when the data carry
+    finding types. Returns the paths written."""
     written = []
+    curves = finding_curves(findings or [])
+    if curves:
+        findings_figure(curves, root / FINDINGS)
+        written.append(root / FINDINGS)
+    else:
+        (root / FINDINGS).unlink(missing_ok=True)  # not a stale one from an earlier run
     own = {p.name: next(r for r in rows if r.model == p.name and r.test_cr == p.train_crs[0])
            for p in _single(plans)}
     curves = {p.name: pooled(p, results, p.train_crs[0]) for p in _single(plans)}
@@ -64,6 +86,69 @@ def _ci(value: float, low: float, high: float) -> str:
     return f"{value:.3f} <small>({low:.3f}&ndash;{high:.3f})</small>"
 
 
+def _diff(value: float | None, low: float | None, high: float | None, p: float | None) -> str:
+    """A paired test's cell: the difference, its CI and p, in bold below 0.05; '' when none."""
+    if value is None:
+        return ""
+    cell = (f"{value:+.3f} <small>({low:+.3f}&ndash;{high:+.3f})</small><br>"
+            f"<small>p = {p:.2g}</small>")
+    return f"<b>{cell}</b>" if p < 0.05 else cell
+
+
+def _matrix(rows: list, cell) -> str:
+    """Models (rows) by test CR (columns), `cell(row)` in each; models with no cell left out."""
+    cells = {(r.model, r.test_cr): cell(r) for r in rows}
+    crs = sorted({c for _, c in cells})
+    models = [m for m in dict.fromkeys(r.model for r in rows)
+              if any(cells.get((m, c)) for c in crs)]
+    return _table(["model \\ test CR", *(cr_short(c) for c in crs)],
+                  [[html.escape(m), *(cells.get((m, c), "") for c in crs)] for m in models])
+
+
+def _paired_section(rows: list[Row]) -> list[str]:
+    """DeLong's paired tests: against M-CR1 at CR 1, and against the model itself at test CR 1."""
+    parts = ["<h2>Paired tests (DeLong, same breasts)</h2>",
+             "<p>The AUROC difference with its 95% CI and the two-sided p-value of DeLong's paired "
+             "test on the same pooled out-of-fold breasts (bold: p &lt; 0.05), where the paper "
+             "compares overlapping intervals. Not corrected for multiple comparisons.</p>"]
+    tests = (("vs_mcr1", f"this model at the test CR minus {REFERENCE} at CR 1 (the paper's "
+                         "comparison: compressed training and test images against originals)"),
+             ("vs_cr1", "this model at the test CR minus the same model at test CR 1 (what "
+                        "compressing the test images costs it)"))
+    shown = False
+    for prefix, title in tests:
+        if any(getattr(r, f"{prefix}_diff") is not None for r in rows):
+            parts += [f"<h3>AUROC difference: {html.escape(title)}</h3>",
+                      _matrix(rows, lambda r, x=prefix: _diff(
+                          getattr(r, f"{x}_diff"), getattr(r, f"{x}_diff_low"),
+                          getattr(r, f"{x}_diff_high"), getattr(r, f"{x}_p")))]
+            shown = True
+    if not shown:
+        parts.append(f"<p>No paired test in these results: it needs {REFERENCE} (CR 1 among "
+                     "the CRs) and at least one other model.</p>")
+    return parts
+
+
+def _findings_section(root: Path, findings: list[FindingRow], note: str) -> list[str]:
+    """The AUROC per malignant finding type, as a table and a figure, or why there is none."""
+    parts = ["<h2>Per finding type: what compression erases</h2>"]
+    if not findings:
+        return [*parts, f"<p>{html.escape(note or 'no per-finding rows in these results')}</p>"]
+    parts.append("<p>The AUROC (DeLong 95% CI) of the malignant breasts of each finding type "
+                 "against every non-malignant breast, pooled out of fold; in brackets the "
+                 "malignant breasts of that type. Types with fewer than two are left out.</p>")
+    crs = sorted({r.test_cr for r in findings})
+    cells = {(r.model, r.finding, r.test_cr): _ci(r.auroc, r.auroc_low, r.auroc_high)
+             for r in findings}
+    lines = list(dict.fromkeys((r.model, r.finding, r.positives) for r in findings))
+    parts.append(_table(["model", "finding (malignant)", *(cr_short(c) for c in crs)],
+                        [[html.escape(m), f"{html.escape(f)} ({n})",
+                          *(cells.get((m, f, c), "") for c in crs)] for m, f, n in lines]))
+    if (root / FINDINGS).exists():
+        parts.append(_image(root / FINDINGS, "AUROC per finding type against the test CR"))
+    return parts
+
+
 def _table(header: list[str], body: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
@@ -82,6 +167,7 @@ def write_report(root: Path, target: Path) -> None:
     try:
         document = json.loads((root / "results.json").read_text())
         meta, rows = document["meta"], [Row(**r) for r in document["rows"]]
+        findings = [FindingRow(**r) for r in document.get("findings", [])]
     except FileNotFoundError as exc:
         raise ReportError(f"{root}: no results.json (is it a folder written by dicomcr cv?)"
                           ) from exc
@@ -120,6 +206,8 @@ def write_report(root: Path, target: Path) -> None:
                             (FIG4, "Figure 4: compression as augmentation")):
             if (root / name).exists():
                 parts += [f"<h2>{title}</h2>", _image(root / name, title)]
+    parts += _paired_section(rows)
+    parts += _findings_section(root, findings, document.get("findings_note", ""))
     if document.get("saliency"):
         parts += ["<h2>Grad-CAM against the lesion masks</h2>",
                   "<p>Malignant breasts with a mask, each scored by its own fold's network at the "

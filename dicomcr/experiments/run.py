@@ -175,12 +175,14 @@ def quick_model(cohort: Path, out: Path, epochs: int, cr: float = 20.0,
 
 @dataclass(frozen=True)
 class CVRun:
-    """What `run_cv` produced. Later tables (per finding, paired tests against M-CR1) are
-    functions of `results` and the breasts, added beside `rows` and written with them."""
+    """What `run_cv` produced: `rows` carry the paired tests; `findings` the AUROC per malignant
+    finding type (empty, with `findings_note` saying why, when the data have none)."""
 
     plans: list[cvlib.ModelPlan]
     results: list[cvlib.FoldResult]
     rows: list[cvlib.Row]
+    findings: list[cvlib.FindingRow]
+    findings_note: str
     saliency: list[SaliencyRow] | None
     meta: dict
     written: list[Path]
@@ -243,8 +245,10 @@ def run_cv(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *, f
                                        results_dir, on_fold, events.epoch, on_model)
     except ValueError as exc:
         raise ValueError(f"training failed: {exc}") from exc
+    finding_of = {b.key: b.finding.value if b.finding else None for b in breasts}
     try:
         rows = cvlib.summarise(plans, results, options.seed)
+        findings = cvlib.summarise_findings(plans, results, finding_of)
     except ValueError as exc:
         raise ValueError(f"the metrics cannot be computed: {exc}") from exc
     meta = {"data": source, "data_fingerprint": data_id, "architecture": architecture,
@@ -262,7 +266,9 @@ def run_cv(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *, f
                                  f"{results_dir.root / 'folds' / model} to train it again") from exc
 
         scored = cv_saliency(plans, results, [b.key for b in breasts], inputs.arrays, masks, load)
-    cvlib.write_tables(out, rows, results, meta, scored)
-    figures = write_figures(out, plans, rows, results)
-    written = [out / "results.csv", out / "results.json", out / "predictions.csv", *figures]
-    return CVRun(plans, results, rows, scored, meta, written, reused)
+    cvlib.write_tables(out, rows, results, meta, scored, findings, finding_of)
+    figures = write_figures(out, plans, rows, results, findings)
+    tables = ["results.csv", "results.json", "predictions.csv", *(["findings.csv"] * bool(findings))]
+    written = [*(out / name for name in tables), *figures]
+    return CVRun(plans, results, rows, findings, cvlib.findings_note(findings, finding_of), scored,
+                 meta, written, reused)
