@@ -158,12 +158,12 @@ def encode_ladder(
     raw = uncompressed_bytes(pixels, bits_allocated)
     wanted = check_targets(targets, raw)
     best: dict[float, bytes] = {}
-    todo = list(wanted)
-    for sweep in (False, True):
-        # Pass 1: a layer per target, bracketed where OpenJPEG's rate control is erratic.
-        # Pass 2, only for targets still missed: a dense sweep of layers around each of them.
-        plan = sorted(((cr * f, cr) for cr in todo for f in _factors(cr, sweep)), reverse=True)
-        rates = _strictly_decreasing([asked * bits_stored / bits_allocated for asked, _ in plan])
+
+    def encode(asked: list[float], todo: list[float]) -> float:
+        """One encode with a layer per asked CR; keep, per target, the closest cut so far.
+        Returns the CR of the whole codestream (that of its last layer)."""
+        rates = _strictly_decreasing([cr * bits_stored / bits_allocated
+                                      for cr in sorted(asked, reverse=True)])
         stream = encode_array(pixels, bits_stored=bits_stored, photometric_interpretation=2,
                               compression_ratios=rates, add_plt=True)
         layout = parse(stream)
@@ -173,9 +173,33 @@ def encode_ladder(
             n = int(np.argmin(np.abs(raw / sizes - cr))) + 1
             if cr not in best or abs(raw / sizes[n - 1] - cr) < abs(raw / len(best[cr]) - cr):
                 best[cr] = layout.cut(n)
-        todo = [cr for cr in todo if abs(raw / len(best[cr]) / cr - 1) > tolerance / 2]
+        return raw / len(stream)
+
+    def missed(todo: list[float]) -> list[float]:
+        return [cr for cr in todo if abs(raw / len(best[cr]) / cr - 1) > tolerance / 2]
+
+    # Pass 1: a layer per target, bracketed where OpenJPEG's rate control is erratic.
+    # Pass 2, only for targets still missed: a dense sweep of layers around each of them.
+    todo = list(wanted)
+    for sweep in (False, True):
+        encode([cr * f for cr in todo for f in _factors(cr, sweep)], todo)
+        todo = missed(todo)
         if not todo:
             break
+    # Pass 3, for what is still missed (a few high CRs of small images, where the layers of a
+    # many-layer encode jump past the target): single-layer encodes, the asked rate corrected by
+    # what the last one achieved until the target is bracketed, then bisected.
+    for cr in todo:
+        asked, below, above = cr, None, None  # asked rates that achieved below / above cr
+        for _ in range(SEARCH_STEPS):
+            achieved = encode([asked], [cr])
+            if not missed([cr]):
+                break
+            if achieved < cr:
+                below = asked
+            else:
+                above = asked
+            asked = (below * above) ** 0.5 if below and above else asked * cr / achieved
     out = []
     for cr in wanted:
         stream = best[cr]
@@ -187,6 +211,7 @@ def encode_ladder(
 BRACKET = (1.1, 1.05, 1.0, 0.95, 0.9)
 SWEEP = tuple(float(f) for f in np.geomspace(1.4, 0.7, 20))
 BRACKET_FROM_CR = 1000
+SEARCH_STEPS = 8  # single-layer encodes at most per target still missed after the sweep
 
 
 def _factors(cr: float, sweep: bool) -> tuple[float, ...]:
