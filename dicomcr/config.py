@@ -55,6 +55,13 @@ class NodeSection(Strict):
     dimse_timeout: Annotated[float, Field(gt=0)] = 60.0
     network_timeout: Annotated[float, Field(gt=0)] = 60.0
     tls: TLS | None = None
+    # A job whose worker process dies this many times (it was in flight each time) is failed,
+    # its source quarantined: one bad image must not take the pool down forever.
+    max_worker_deaths: Annotated[int, Field(ge=1, le=100)] = 3
+    # Free space the node keeps in `storage`: an instance that would leave less is answered Out of
+    # Resources (0xA700). Make it hold your largest instance, its outputs and the job store's
+    # growth; 0 turns the check off (a write that hits a full disk is still answered 0xA700).
+    disk_reserve_mb: Annotated[float, Field(ge=0, le=2**20)] = 1024.0
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _ae(v)))
 

@@ -51,7 +51,9 @@ def serve(
     console.print(f"dicomcr node {settings.node.ae_title} on {settings.node.host}:"
                   f"{settings.node.port}, storage {settings.node.storage}, forwarding to "
                   f"{settings.forward.to}")
-    node.serve_forever()
+    code = node.serve_forever()
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

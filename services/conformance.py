@@ -67,6 +67,8 @@ def statement() -> str:
         _row("Network timeout", f"{defaults.network_timeout:g} s", "`node.network_timeout`"),
         _row("Maximum instance size", f"{defaults.max_instance_mb:g} MiB",
              "`node.max_instance_mb`"),
+        _row("Free disk space kept (reserve)", f"{defaults.disk_reserve_mb:g} MiB",
+             "`node.disk_reserve_mb`"),
         "",
         "### 2.2 SOP classes as SCP",
         "",
@@ -84,12 +86,21 @@ def statement() -> str:
         "",
         "A C-STORE is answered Success only after the received dataset, as encoded, is written to "
         "the spool, fsynced, and its job committed to the node's SQLite job store. Pixel data are "
-        "not decoded on the receive path. A dataset that cannot be parsed, lacks Pixel Data or "
-        "holds less Pixel Data than declared is answered "
+        "not decoded on the receive path. A dataset that cannot be parsed, lacks Pixel Data or, "
+        "in a native transfer syntax, holds another Pixel Data length than Rows x Columns x "
+        "Samples per Pixel x Frames x Bits Allocated / 8 (padded to even) is answered "
         f"0x{CANNOT_UNDERSTAND:04X} (cannot understand); one whose SOP Class or Instance UID "
-        f"differs from the request 0x{DATASET_DOES_NOT_MATCH_SOP_CLASS:04X} (data set does not "
+        "differs from the request, or whose Image Pixel module is inconsistent (Bits Allocated "
+        "neither 1 nor a multiple of 8, Bits Stored above Bits Allocated, High Bit other than "
+        "Bits Stored - 1, Samples per Pixel that do not fit the Photometric Interpretation, a "
+        f"type 1 attribute missing) 0x{DATASET_DOES_NOT_MATCH_SOP_CLASS:04X} (data set does not "
         f"match SOP class); one above the size limit 0x{OUT_OF_RESOURCES:04X} (out of resources). "
         "Refused datasets are quarantined with the reason.",
+        "",
+        f"When the disk is full, or accepting a dataset would leave less free space than the "
+        f"reserve, the dataset is answered 0x{OUT_OF_RESOURCES:04X} (out of resources) and not "
+        "kept; the association stays open and later datasets are answered in turn. Every "
+        "dataset answered Success is forwarded once space allows.",
         "",
         "Per the sending site's policy the image is then re-encoded as JPEG 2000 "
         "(1.2.840.10008.1.2.4.91) at the site's compression ratio with a new SOP Instance UID and "

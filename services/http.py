@@ -6,7 +6,8 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 COUNTERS = {
@@ -18,8 +19,31 @@ COUNTERS = {
     "forward_retries": "Forwarding attempts that failed and were scheduled again.",
     "inferred": "Studies classified, their saliency captures and report queued for forwarding.",
     "inference_failed": "Studies that could not be classified (the reason is logged).",
+    "out_of_space": "Instances answered Out of Resources: the disk was full or below the reserve.",
+    "disk_full_retries": "Transcodes, inferences or job-store writes put back: the disk was full.",
+    "transcode_worker_deaths": "Transcoding worker processes that died (the pool was rebuilt).",
+    "inference_worker_deaths": "Inference processes that died (the process was restarted).",
 }
 STAGES = ("receive", "transcode", "forward", "inference")
+
+
+@dataclass(frozen=True)
+class Gauge:
+    """One gauge sample of the node's state at scrape time (disk space, loops running)."""
+
+    name: str
+    help: str
+    value: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def lines(self, with_header: bool = True) -> list[str]:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(self.labels.items()))
+        sample = f"dicomcr_{self.name}{{{labels}}}" if labels else f"dicomcr_{self.name}"
+        header = [f"# HELP dicomcr_{self.name} {self.help}",
+                  f"# TYPE dicomcr_{self.name} gauge"] if with_header else []
+        value = float(self.value)
+        shown = str(int(value)) if value.is_integer() else repr(value)  # bytes stay exact
+        return [*header, f"{sample} {shown}"]
 
 
 class Metrics:
@@ -41,8 +65,9 @@ class Metrics:
             self.seconds[stage] += seconds
             self.observations[stage] += 1
 
-    def prometheus(self, by_site: dict[str, dict[str, int]]) -> str:
-        """The text exposition: counters, stage durations, and job-store gauges per site/state."""
+    def prometheus(self, by_site: dict[str, dict[str, int]], gauges: Sequence[Gauge] = ()) -> str:
+        """The text exposition: counters, stage durations, job-store gauges per site/state, and
+        the node's own `gauges` (samples of one name given together)."""
         lines = []
         with self._lock:
             for name, help_text in COUNTERS.items():
@@ -63,26 +88,36 @@ class Metrics:
         for site, states in sorted(by_site.items()):
             for state, n in sorted(states.items()):
                 lines.append(f'dicomcr_instances{{site="{site}",state="{state}"}} {n}')
+        seen: set[str] = set()
+        for gauge in gauges:
+            lines += gauge.lines(with_header=gauge.name not in seen)
+            seen.add(gauge.name)
         return "\n".join(lines) + "\n"
 
 
 def serve_http(host: str, port: int, metrics: Metrics,
                counts: Callable[[], dict[str, dict[str, int]]],
-               health: Callable[[], dict]) -> ThreadingHTTPServer:
-    """Start the endpoint in a daemon thread; the caller shuts it down."""
+               health: Callable[[], dict],
+               gauges: Callable[[], Sequence[Gauge]] = tuple) -> ThreadingHTTPServer:
+    """Start the endpoint in a daemon thread; the caller shuts it down. /healthz answers 503
+    whenever the report's status is not "ok"."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path == "/metrics":
-                body = metrics.prometheus(counts()).encode()
-                kind = "text/plain; version=0.0.4; charset=utf-8"
-                code = 200
-            elif self.path == "/healthz":
-                report = health()
-                body = json.dumps(report).encode()
-                kind, code = "application/json", 200 if report["status"] == "ok" else 503
-            else:
-                body, kind, code = b"not found\n", "text/plain", 404
+            try:
+                if self.path == "/metrics":
+                    body = metrics.prometheus(counts(), gauges()).encode()
+                    kind = "text/plain; version=0.0.4; charset=utf-8"
+                    code = 200
+                elif self.path == "/healthz":
+                    report = health()
+                    body = json.dumps(report).encode()
+                    kind, code = "application/json", 200 if report["status"] == "ok" else 503
+                else:
+                    body, kind, code = b"not found\n", "text/plain", 404
+            except Exception as exc:  # the node cannot even say how it is: that is unhealthy
+                body = f"{type(exc).__name__}: {exc}\n".encode()
+                kind, code = "text/plain; charset=utf-8", 503
             self.send_response(code)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))

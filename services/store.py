@@ -2,8 +2,10 @@
 
 States: received (in the spool, acknowledged) -> transcoded (outputs written) -> done (the
 destination answered Success). A failure to transcode marks the row failed with the reason; a
-failure to forward leaves it transcoded with a later retry time. Rows are keyed by SOP Instance UID,
-so a re-sent instance replaces its row and every step can be repeated without duplicates.
+failure to forward leaves it transcoded with a later retry time, and so does a full disk for a
+transcode (received, retried later). A job in flight when its worker process died counts the death
+(worker_deaths) and goes back to the queue. Rows are keyed by SOP Instance UID, so a re-sent
+instance replaces its row and every step can be repeated without duplicates.
 
 Studies have their own rows for inference: waiting (an instance arrived since the last inference)
 -> inferred (its Secondary Captures and Structured Report are jobs of their own, policy "derived",
@@ -18,6 +20,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 SCHEMA = """
@@ -36,7 +39,8 @@ CREATE TABLE IF NOT EXISTS instances (
     next_attempt_at  REAL NOT NULL DEFAULT 0,
     error            TEXT NOT NULL DEFAULT '',
     received_at      REAL NOT NULL,
-    updated_at       REAL NOT NULL
+    updated_at       REAL NOT NULL,
+    worker_deaths    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS by_state ON instances (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS by_study ON instances (study_uid);
@@ -46,11 +50,39 @@ CREATE TABLE IF NOT EXISTS studies (
     state            TEXT NOT NULL,
     last_received_at REAL NOT NULL,
     error            TEXT NOT NULL DEFAULT '',
-    updated_at       REAL NOT NULL
+    updated_at       REAL NOT NULL,
+    worker_deaths    INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL NOT NULL DEFAULT 0
 );
 """
+# Columns added after the first release: (table, column, declaration) for stores made before.
+ADDED_COLUMNS = (
+    ("instances", "worker_deaths", "INTEGER NOT NULL DEFAULT 0"),
+    ("studies", "worker_deaths", "INTEGER NOT NULL DEFAULT 0"),
+    ("studies", "next_attempt_at", "REAL NOT NULL DEFAULT 0"),
+)
 DERIVED = "derived"  # the policy of the node's own objects (SC, SR): forwarded, never transcoded
-STATES = ("received", "transcoded", "done", "failed")
+
+
+class InstanceState(StrEnum):
+    """Where an instance is: acknowledged, transcoded, forwarded, or given up (with a reason)."""
+
+    RECEIVED = "received"
+    TRANSCODED = "transcoded"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class StudyState(StrEnum):
+    """Inference of a study: to do, done, given up (with a reason), or not asked for."""
+
+    WAITING = "waiting"
+    INFERRED = "inferred"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+STATES = tuple(state.value for state in InstanceState)
 
 
 @dataclass(frozen=True)
@@ -60,7 +92,18 @@ class Job:
     policy: str  # "20", "lossless", "none", or "derived" for the node's own SC and SR
     spool_path: Path
     outputs: tuple[Path, ...]
-    attempts: int
+    attempts: int  # forwarding attempts that failed
+    worker_deaths: int = 0  # times a transcoding worker died with this job in flight
+
+
+@dataclass(frozen=True)
+class StudyJob:
+    """A study ready for inference: its images at the site's CR."""
+
+    study_uid: str
+    site: str
+    files: tuple[Path, ...]
+    worker_deaths: int = 0  # times the inference process died with this study in flight
 
 
 class JobStore:
@@ -73,6 +116,10 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        for table, column, declaration in ADDED_COLUMNS:
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         with self._lock:
@@ -91,14 +138,15 @@ class JobStore:
                 "study_uid=excluded.study_uid, calling_ae=excluded.calling_ae, site=excluded.site, "
                 "policy=excluded.policy, spool_path=excluded.spool_path, bytes=excluded.bytes, "
                 "state='received', outputs='[]', attempts=0, next_attempt_at=0, error='', "
-                "updated_at=excluded.updated_at",
+                "worker_deaths=0, updated_at=excluded.updated_at",
                 (sop_instance_uid, sop_class_uid, study_uid, calling_ae, site, policy,
                  str(spool_path), size, now, now))
             self._db.execute(
                 "INSERT INTO studies (study_uid, site, state, last_received_at, updated_at) "
                 "VALUES (?, ?, 'waiting', ?, ?) ON CONFLICT(study_uid) DO UPDATE SET "
                 "state='waiting', last_received_at=excluded.last_received_at, error='', "
-                "updated_at=excluded.updated_at", (study_uid, site, now, now))
+                "worker_deaths=0, next_attempt_at=0, updated_at=excluded.updated_at",
+                (study_uid, site, now, now))
 
     def derived(self, *, sop_instance_uid: str, sop_class_uid: str, study_uid: str, site: str,
                 path: Path) -> None:
@@ -116,34 +164,51 @@ class JobStore:
                  path.stat().st_size, json.dumps([str(path)]), now, now))
 
     def studies_to_infer(self, stable_seconds: float, views: int = 4,
-                         now: float | None = None) -> list[tuple[str, str, list[Path]]]:
-        """(study, site, image files at the site's CR) of each waiting study that is ready: none of
-        its instances still to transcode, and `views` images in or `stable_seconds` of quiet."""
+                         now: float | None = None) -> list[StudyJob]:
+        """Each waiting study that is ready: none of its instances still to transcode, `views`
+        images in or `stable_seconds` of quiet, and no retry pending (after a full disk)."""
         now = time.time() if now is None else now
         with self._lock:
             waiting = self._db.execute(
-                "SELECT study_uid, site, last_received_at FROM studies WHERE state='waiting'"
-            ).fetchall()
+                "SELECT study_uid, site, last_received_at, worker_deaths FROM studies "
+                "WHERE state='waiting' AND next_attempt_at <= ?", (now,)).fetchall()
             ready = []
-            for study, site, last in waiting:
+            for study, site, last, deaths in waiting:
                 rows = self._db.execute(
                     "SELECT state, outputs FROM instances WHERE study_uid=? AND policy != ?",
                     (study, DERIVED)).fetchall()
-                if any(state == "received" for state, _ in rows):
+                if any(state == InstanceState.RECEIVED for state, _ in rows):
                     continue
-                files = [Path(p) for state, outputs in rows if state != "failed"
+                files = [Path(p) for state, outputs in rows if state != InstanceState.FAILED
                          for p in json.loads(outputs)]
                 if files and (len(files) >= views or now - last >= stable_seconds):
-                    ready.append((study, site, files))
+                    ready.append(StudyJob(study, site, tuple(files), deaths))
         return ready
 
-    def study_done(self, study_uid: str, state: str = "inferred", error: str = "") -> None:
+    def study_done(self, study_uid: str, state: StudyState = StudyState.INFERRED,
+                   error: str = "") -> None:
         """Inference of a study ended: inferred, failed (error says why) or skipped (no model)."""
-        if state not in ("inferred", "failed", "skipped"):
-            raise ValueError(f"unknown study state {state!r}")
+        state = StudyState(state)
+        if state is StudyState.WAITING:
+            raise ValueError("a study is put back with study_retry, not study_done")
         with self._lock:
             self._db.execute("UPDATE studies SET state=?, error=?, updated_at=? WHERE study_uid=?",
-                             (state, error, time.time(), study_uid))
+                             (state.value, error, time.time(), study_uid))
+
+    def study_retry(self, study_uid: str, retry_at: float, error: str) -> None:
+        """Leave a study waiting but not before `retry_at` (its inference met a full disk)."""
+        with self._lock:
+            self._db.execute("UPDATE studies SET next_attempt_at=?, error=?, updated_at=? "
+                             "WHERE study_uid=?", (retry_at, error, time.time(), study_uid))
+
+    def study_worker_died(self, study_uid: str) -> int:
+        """Count one death of the inference process with this study in flight; the new count."""
+        with self._lock:
+            self._db.execute("UPDATE studies SET worker_deaths=worker_deaths+1, updated_at=? "
+                             "WHERE study_uid=?", (time.time(), study_uid))
+            row = self._db.execute("SELECT worker_deaths FROM studies WHERE study_uid=?",
+                                   (study_uid,)).fetchone()
+        return int(row[0]) if row else 0
 
     def study_states(self) -> dict[str, int]:
         with self._lock:
@@ -153,18 +218,20 @@ class JobStore:
     def _jobs(self, query: str, args: tuple) -> list[Job]:
         with self._lock:
             rows = self._db.execute(query, args).fetchall()
-        return [Job(r[0], r[1], r[2], Path(r[3]), tuple(Path(p) for p in json.loads(r[4])), r[5])
-                for r in rows]
+        return [Job(r[0], r[1], r[2], Path(r[3]), tuple(Path(p) for p in json.loads(r[4])), r[5],
+                    r[6]) for r in rows]
 
-    def to_transcode(self, limit: int) -> list[Job]:
-        return self._jobs("SELECT sop_instance_uid, site, policy, spool_path, outputs, attempts "
-                          "FROM instances WHERE state='received' ORDER BY received_at LIMIT ?",
-                          (limit,))
+    _COLUMNS = "sop_instance_uid, site, policy, spool_path, outputs, attempts, worker_deaths"
+
+    def to_transcode(self, limit: int, now: float | None = None) -> list[Job]:
+        """Acknowledged instances to transcode, oldest first (a retry after a full disk waits)."""
+        return self._jobs(f"SELECT {self._COLUMNS} FROM instances WHERE state='received' "
+                          "AND next_attempt_at <= ? ORDER BY received_at LIMIT ?",
+                          (time.time() if now is None else now, limit))
 
     def to_forward(self, limit: int, now: float | None = None) -> list[Job]:
-        return self._jobs("SELECT sop_instance_uid, site, policy, spool_path, outputs, attempts "
-                          "FROM instances WHERE state='transcoded' AND next_attempt_at <= ? "
-                          "ORDER BY next_attempt_at, received_at LIMIT ?",
+        return self._jobs(f"SELECT {self._COLUMNS} FROM instances WHERE state='transcoded' "
+                          "AND next_attempt_at <= ? ORDER BY next_attempt_at, received_at LIMIT ?",
                           (time.time() if now is None else now, limit))
 
     def _set(self, uid: str, **values: object) -> None:
@@ -175,17 +242,35 @@ class JobStore:
                              (*values.values(), uid))
 
     def transcoded(self, uid: str, outputs: list[Path]) -> None:
-        self._set(uid, state="transcoded", outputs=json.dumps([str(p) for p in outputs]),
-                  error="", next_attempt_at=0)
+        self._set(uid, state=InstanceState.TRANSCODED.value,
+                  outputs=json.dumps([str(p) for p in outputs]), error="", next_attempt_at=0)
 
-    def failed(self, uid: str, error: str) -> None:
-        self._set(uid, state="failed", error=error)
+    def failed(self, uid: str, error: str, quarantined: Path | None = None) -> None:
+        """Give up on an instance; `quarantined` is where its source was moved, if it was."""
+        if quarantined is None:
+            self._set(uid, state=InstanceState.FAILED.value, error=error)
+        else:
+            self._set(uid, state=InstanceState.FAILED.value, error=error,
+                      spool_path=str(quarantined))
+
+    def retry_transcode(self, uid: str, retry_at: float, error: str) -> None:
+        """Leave an instance to transcode, not before `retry_at` (its outputs met a full disk)."""
+        self._set(uid, next_attempt_at=retry_at, error=error)
+
+    def worker_died(self, uid: str) -> int:
+        """Count one death of a transcoding worker with this job in flight; the new count."""
+        with self._lock:
+            self._db.execute("UPDATE instances SET worker_deaths=worker_deaths+1, updated_at=? "
+                             "WHERE sop_instance_uid=?", (time.time(), uid))
+            row = self._db.execute("SELECT worker_deaths FROM instances WHERE sop_instance_uid=?",
+                                   (uid,)).fetchone()
+        return int(row[0]) if row else 0
 
     def forward_failed(self, uid: str, attempts: int, retry_at: float, error: str) -> None:
         self._set(uid, attempts=attempts, next_attempt_at=retry_at, error=error)
 
     def done(self, uid: str) -> None:
-        self._set(uid, state="done", error="")
+        self._set(uid, state=InstanceState.DONE.value, error="")
 
     def counts(self) -> dict[str, dict[str, int]]:
         """{site: {state: count}}."""

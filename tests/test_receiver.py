@@ -13,6 +13,8 @@ from services.receiver import (
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     OUT_OF_RESOURCES,
     SUCCESS,
+    DiskReserve,
+    Outcome,
     Spool,
     accept,
 )
@@ -31,20 +33,22 @@ def _encoded(ds: pydicom.Dataset) -> bytes:
 
 
 def _one(small_cohort: Path) -> pydicom.Dataset:
-    return pydicom.dcmread(sorted(small_cohort.glob("*/LCC.dcm"))[0])
+    return pydicom.dcmread(sorted(small_cohort.rglob("LCC.dcm"))[0])
 
 
 def _accept(data: bytes, ds: pydicom.Dataset, spool: Spool, store: JobStore, **changes) -> int:
-    """As the network layer does: the bytes in a file in incoming/, then accept decides."""
+    """As the network layer does: the bytes in a file in incoming/, then accept decides; the
+    status it answers."""
     spool.incoming.mkdir(parents=True, exist_ok=True)
     received = spool.incoming / f"{len(list(spool.incoming.iterdir()))}.dcm"
     received.write_bytes(data)
     args = dict(sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID),
                 calling_ae="MG_A", site="a", policy="20", spool=spool, store=store,
                 max_bytes=2**30)
-    status = accept(received, **{**args, **changes})
+    verdict = accept(received, **{**args, **changes})
     assert not received.exists()  # moved into the spool or into quarantine, never left behind
-    return status
+    assert (verdict.outcome is Outcome.STORED) == (verdict.status == SUCCESS)
+    return verdict.status
 
 
 def test_a_good_instance_is_spooled_and_recorded(small_cohort: Path, setup) -> None:
@@ -88,3 +92,62 @@ def test_bad_instances_get_a_status_and_a_quarantine_reason(small_cohort: Path, 
     assert not spool.spool.exists() or not list(spool.spool.iterdir())
     assert store.to_transcode(10) == []
     assert all(p.resolve().is_relative_to(spool.root.resolve()) for p in spool.root.rglob("*"))
+
+
+def _changed(ds: pydicom.Dataset, **values: object) -> pydicom.Dataset:
+    changed = pydicom.dcmread(io.BytesIO(_encoded(ds)))
+    for keyword, value in values.items():
+        if value is None:
+            delattr(changed, keyword)
+        else:
+            setattr(changed, keyword, value)
+    return changed
+
+
+def test_an_inconsistent_image_pixel_module_is_refused_at_receive(small_cohort: Path,
+                                                                   setup) -> None:
+    spool, store = setup
+    ds = _one(small_cohort)
+    assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit) == (16, 12, 11)
+    pixels = bytes(ds.PixelData)
+    cases = [
+        (_changed(ds, BitsAllocated=7), "BitsAllocated 7 is neither 1 nor a multiple of 8"),
+        (_changed(ds, BitsStored=17, HighBit=16), "BitsStored 17 is not within"),
+        (_changed(ds, BitsStored=0), "BitsStored 0"),
+        (_changed(ds, HighBit=15), "HighBit 15 is not BitsStored - 1 (11)"),
+        (_changed(ds, SamplesPerPixel=3), "SamplesPerPixel 3 does not fit"),
+        (_changed(ds, PhotometricInterpretation="RGB"), "does not fit PhotometricInterpretation"),
+        (_changed(ds, PhotometricInterpretation="MONOCHROME3"), "unknown PhotometricInterpretation"),
+        (_changed(ds, Rows=0), "Rows 0"),
+        (_changed(ds, BitsStored=None), "BitsStored missing"),
+    ]
+    for number, (bad, reason) in enumerate(cases, start=1):
+        assert _accept(_encoded(bad), ds, spool, store) == DATASET_DOES_NOT_MATCH_SOP_CLASS, reason
+        texts = [p.read_text() for p in spool.quarantine.glob("*.reason.txt")]
+        assert len(texts) == number and any(reason in t for t in texts), (reason, texts)
+    lengths = [(_changed(ds, PixelData=pixels + b"\0\0"), "expected"),  # longer than declared
+               (_changed(ds, Rows=ds.Rows + 1), "expected")]  # rows that the data lack
+    for bad, reason in lengths:
+        assert _accept(_encoded(bad), ds, spool, store) == CANNOT_UNDERSTAND, reason
+    assert store.to_transcode(10) == []
+    # the odd length of a 1-bit image is padded to even: accepted
+    bits = _changed(ds, BitsAllocated=1, BitsStored=1, HighBit=0, PixelRepresentation=0,
+                    Rows=3, Columns=5, PixelData=b"\xff\x7f")  # 15 bits: 2 bytes
+    assert _accept(_encoded(bits), ds, spool, store) == SUCCESS
+    odd = _changed(ds, BitsAllocated=8, BitsStored=8, HighBit=7, Rows=3, Columns=5,
+                   PixelData=bytes(15) + b"\0")  # 15 bytes, padded to 16
+    assert _accept(_encoded(odd), ds, spool, store) == SUCCESS
+
+
+def test_below_the_disk_reserve_an_instance_is_answered_out_of_resources(small_cohort: Path,
+                                                                         setup) -> None:
+    spool, store = setup
+    ds = _one(small_cohort)
+    spool.root.mkdir(parents=True, exist_ok=True)
+    full = DiskReserve(spool.root, reserve_bytes=2**62)  # more than any disk has free
+    assert full.space().low
+    assert _accept(_encoded(ds), ds, spool, store, disk=full) == OUT_OF_RESOURCES
+    assert not spool.quarantine.exists()  # nothing wrong with the instance: dropped, not kept
+    assert store.to_transcode(10) == []
+    roomy = DiskReserve(spool.root, reserve_bytes=1)
+    assert _accept(_encoded(ds), ds, spool, store, disk=roomy) == SUCCESS
