@@ -203,11 +203,15 @@ class JobStore:
 
     def study_worker_died(self, study_uid: str) -> int:
         """Count one death of the inference process with this study in flight; the new count."""
+        return self._count_death("studies", "study_uid", study_uid)
+
+    def _count_death(self, table: str, key: str, value: str) -> int:
+        """worker_deaths + 1 on one row of `table` (a constant of this class); the new count."""
         with self._lock:
-            self._db.execute("UPDATE studies SET worker_deaths=worker_deaths+1, updated_at=? "
-                             "WHERE study_uid=?", (time.time(), study_uid))
-            row = self._db.execute("SELECT worker_deaths FROM studies WHERE study_uid=?",
-                                   (study_uid,)).fetchone()
+            self._db.execute(f"UPDATE {table} SET worker_deaths=worker_deaths+1, updated_at=? "
+                             f"WHERE {key}=?", (time.time(), value))
+            row = self._db.execute(f"SELECT worker_deaths FROM {table} WHERE {key}=?",
+                                   (value,)).fetchone()
         return int(row[0]) if row else 0
 
     def study_states(self) -> dict[str, int]:
@@ -259,12 +263,7 @@ class JobStore:
 
     def worker_died(self, uid: str) -> int:
         """Count one death of a transcoding worker with this job in flight; the new count."""
-        with self._lock:
-            self._db.execute("UPDATE instances SET worker_deaths=worker_deaths+1, updated_at=? "
-                             "WHERE sop_instance_uid=?", (time.time(), uid))
-            row = self._db.execute("SELECT worker_deaths FROM instances WHERE sop_instance_uid=?",
-                                   (uid,)).fetchone()
-        return int(row[0]) if row else 0
+        return self._count_death("instances", "sop_instance_uid", uid)
 
     def forward_failed(self, uid: str, attempts: int, retry_at: float, error: str) -> None:
         self._set(uid, attempts=attempts, next_attempt_at=retry_at, error=error)
