@@ -50,6 +50,18 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def check_writable(*paths: Path | None) -> None:
+    """Exit 2 now, in one line, when an output file given could not be written after the work."""
+    from dicomcr.outputs import output_file
+
+    try:
+        for path in paths:
+            if path is not None:
+                output_file(path)
+    except ValueError as exc:
+        fail(str(exc))
+
+
 @app.command()
 def phantom(
     out: Annotated[Path, typer.Argument(help="Folder to write the cohort into.")],
@@ -121,6 +133,7 @@ def transcode(
     from concurrent.futures import ProcessPoolExecutor
 
     from dicomcr.codec.j2k import check_ratio
+    from dicomcr.outputs import output_folder
     from dicomcr.transcode import LADDERS, find_inputs, transcode_file, write_manifest
 
     targets = _crs(cr) if cr else []
@@ -141,9 +154,9 @@ def transcode(
     if not inputs:
         fail(f"no DICOM files under {source}")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        fail(f"cannot create the output folder {out}: {exc.strerror}")
+        output_folder(out)
+    except ValueError as exc:
+        fail(str(exc))
     workers = min(workers if workers > 0 else (os.cpu_count() or 1), len(inputs))
 
     rows = []
@@ -235,7 +248,9 @@ LabelsOpt = Annotated[Path | None, typer.Option("--labels", help="The labels CSV
                                                 "train.csv, vindr: breast-level_annotations.csv).")]
 ColumnsOpt = Annotated[str | None, typer.Option("--columns", help="For --format csv: patient=COL,"
                                                 "laterality=COL,view=COL,label=COL,path=TEMPLATE"
-                                                "[,positive=V1|V2], e.g. path={pid}/{img}.dcm.")]
+                                                "[,positive=V1|V2][,finding=COL], e.g. path="
+                                                "{pid}/{img}.dcm; positive: the label values "
+                                                "that mean malignant (default 1).")]
 CacheOpt = Annotated[Path | None, typer.Option(help="Preprocessed-input cache; default "
                                                     "DATA/.dicomcr-cache.")]
 WorkersOpt = Annotated[int, typer.Option(help="Processes for preprocessing; default: all cores.")]
@@ -318,7 +333,9 @@ def _options(epochs: int, batch_size: int, seed: int, device: str):
 
 
 def _bars() -> Progress:
-    """Progress bars of a run with stages (preprocess, then train or cv), one line each."""
+    """Progress bars of a run with stages (preprocess, then train or cv), one line each; a
+    stage's bar is added hidden and shown when it starts, so that a run refused before any work
+    prints its one line only."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[unit]}"), TextColumn("{task.fields[status]}"),
                     TimeElapsedColumn(), console=console)
@@ -389,13 +406,15 @@ def train(
     breasts = _dataset(data, layout, labels_csv, columns)
     with _bars() as bar:
         pre = bar.add_task("preprocess", total=None, unit="views (missing from the cache)",
-                           status="")
-        fit = bar.add_task("train", total=options.epochs, unit="epochs", status="")
+                           status="", visible=False)
+        fit = bar.add_task("train", total=options.epochs, unit="epochs", status="", visible=False)
         events = Events(
             note=_say,
-            preprocess=lambda done, total: bar.update(pre, completed=done, total=total),
-            epoch=lambda r: bar.update(fit, advance=1, status=f"loss {r['loss']:.3f} val AUROC "
-                                                              f"{r['val_auroc']:.3f}"))
+            preprocess=lambda done, total: bar.update(pre, completed=done, total=total,
+                                                      visible=True),
+            epoch=lambda r: bar.update(fit, advance=1, visible=True,
+                                       status=f"loss {r['loss']:.3f} val AUROC "
+                                              f"{r['val_auroc']:.3f}"))
         try:
             trained = train_classifier(breasts, crs, out, _cache(cache, data), network=network,
                                        options=options, preprocessing=p,
@@ -407,26 +426,85 @@ def train(
 
 def _print_trained(trained, arch: str) -> None:
     """The summary of `dicomcr train`: split, geometry, epoch, threshold, test AUROC per CR."""
-    import numpy as np
-
-    from dicomcr.data.preprocess import Preprocessing
-
-    p = Preprocessing.from_dict(trained.info.preprocessing)
     crs = ", ".join(f"{c:g}" for c in trained.info.trained_crs)
     table = Table(title=f"{arch} trained at CR {crs}", show_header=False)
     table.add_row("split (patients)", " / ".join(str(n) for n in trained.split))
-    table.add_row("input", f"{p.model_input[0]} x {p.model_input[1]}" + (
-        f" (the pair at {p.scale:g} of the image, padded)" if p.keeps_pitch else
-        f" (the {p.canvas[0]} x {p.canvas[1]} pair at {p.scale:g}, shrunk)"))
+    table.add_row("input", _input_text(trained.info.preprocessing))
     table.add_row("best epoch", str(trained.best_epoch))
     table.add_row("operating threshold", f"{trained.threshold:.4f} ({trained.threshold_rule})")
-    table.add_row("validation AUROC", "n/a (the validation split lacks a class)"
-                  if np.isnan(trained.validation_auroc) else f"{trained.validation_auroc:.3f}")
+    table.add_row("validation AUROC", f"{trained.validation_auroc:.3f}")
     for c, estimate in trained.test.items():
         table.add_row(f"test AUROC at CR {c:g}", f"not computed ({estimate})"
                       if isinstance(estimate, str) else
                       f"{estimate.value:.3f} (95% CI {estimate.low:.3f}-{estimate.high:.3f})")
     table.add_row("model file", str(trained.path))
+    Console().print(table)
+
+
+def _input_text(preprocessing: dict) -> str:
+    """The model input in words: its size, and how the CC + MLO pair is fitted into it."""
+    from dicomcr.data.preprocess import Preprocessing
+
+    p = Preprocessing.from_dict(preprocessing)
+    return f"{p.model_input[0]} x {p.model_input[1]}" + (
+        f" (the pair at {p.scale:g} of the image, padded)" if p.keeps_pitch else
+        f" (the {p.canvas[0]} x {p.canvas[1]} pair at {p.scale:g}, shrunk)")
+
+
+def _finite(value):
+    """`value` with every NaN or infinity as None, for strict JSON."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+@app.command("model-info")
+def model_info(
+    model: Annotated[Path, typer.Argument(help="A .dcmcr model file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything the file records, "
+                                          "as JSON.")] = False,
+) -> None:
+    """What a .dcmcr model file holds: network, input, CRs, threshold, data, validation."""
+    import json
+
+    from dicomcr.models.modelfile import FORMAT_VERSION, ModelFileError, load_model
+
+    try:
+        _, info = load_model(model)
+    except ModelFileError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(_finite({"file": str(model), "format_version": FORMAT_VERSION,
+                                       **info.__dict__}), indent=1, allow_nan=False))
+        return
+    v = info.validation
+    spec = ", ".join(f"{k} {'/'.join(map(str, x)) if isinstance(x, list) else x}"
+                     for k, x in sorted(info.spec.items()) if k != "input_size")
+    table = Table(title=str(model), show_header=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("network", f"{info.architecture} ({spec})")
+    table.add_row("input", _input_text(info.preprocessing))
+    table.add_row("trained at CR", ", ".join(f"{c:g}" for c in info.trained_crs))
+    table.add_row("threshold", f"{info.threshold:.4f} ({v.get('threshold_rule', 'rule not recorded')})")
+    table.add_row("data fingerprint", info.data_fingerprint)
+    auroc = v.get("val_auroc")
+    table.add_row("validation", ", ".join(part for part in (
+        f"AUROC {auroc:.3f}" if isinstance(auroc, float) and auroc == auroc else "AUROC n/a",
+        f"best epoch {v['best_epoch']}" if "best_epoch" in v else "",
+        f"cv fold {v['fold']}" if "fold" in v else "",
+        f"split {' / '.join(map(str, v['split']))} patients" if "split" in v else "") if part))
+    for key, (value, low, high) in sorted((k, x) for k, x in v.items()
+                                          if k.startswith("test_auroc_cr")):
+        table.add_row(f"test AUROC at CR {key.removeprefix('test_auroc_cr')}",
+                      f"{value:.3f} (95% CI {low:.3f}-{high:.3f})")
+    table.add_row("written by", ", ".join(f"{k} {x}" for k, x in sorted(info.versions.items())))
     Console().print(table)
 
 
@@ -460,6 +538,7 @@ def evaluate(
     except ModelFileError as exc:
         fail(str(exc))
     crs = _crs(cr) if cr else sorted(set(info.trained_crs))
+    check_writable(predictions)
     breasts = _dataset(data, layout, labels_csv, columns)
     p = Preprocessing.from_dict(info.preprocessing)
     inputs = _preprocess(breasts, crs, p, cache, data, workers)
@@ -524,15 +603,16 @@ def cv(
     breasts = _dataset(data, layout, labels_csv, columns)
     with _bars() as bar:
         pre = bar.add_task("preprocess", total=None, unit="views (missing from the cache)",
-                           status="")
-        task = bar.add_task("cv", total=None, unit="folds", status="")
+                           status="", visible=False)
+        task = bar.add_task("cv", total=None, unit="folds", status="", visible=False)
         current = {"name": ""}
 
         def on_fold(plan, fold, done: bool) -> None:
             if current["name"]:
                 bar.advance(task)
             current["name"] = f"{plan.name} fold {fold.index + 1}/{folds}"
-            bar.update(task, status=current["name"] + (" (done before)" if done else ""))
+            bar.update(task, status=current["name"] + (" (done before)" if done else ""),
+                       visible=True)
 
         def on_epoch(record: dict) -> None:
             bar.update(task, status=f"{current['name']} epoch {record['epoch']} "
@@ -540,7 +620,7 @@ def cv(
 
         events = Events(note=_say, fold=on_fold, epoch=on_epoch,
                         preprocess=lambda done, total: bar.update(pre, completed=done,
-                                                                  total=total))
+                                                                  total=total, visible=True))
         try:
             run = run_cv(breasts, crs, out, _cache(cache, data), folds=folds, cross=cross,
                          augment=augment, saliency=saliency, network=network, options=options,
@@ -662,6 +742,7 @@ def report(
     from dicomcr.experiments.report import ReportError, write_report
 
     target = out or results / "report.html"
+    check_writable(out)
     try:
         write_report(results, target)
     except ReportError as exc:
@@ -743,6 +824,7 @@ def audit(
         fail(f"--fail-on takes violation or degraded, got {fail_on!r}")
     if not folders and config is None:
         fail("nothing to audit: give DICOM folders and/or --config node.yaml")
+    check_writable(json_out, html_out)
     problems: list[str] = []
     try:
         table = load_guidelines(guidelines)

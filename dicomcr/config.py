@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 1-16 printable ASCII, no backslash
 ANY_AE = "*"
@@ -109,6 +118,25 @@ class FolderDestination(Strict):
     folder: Path
 
 
+DESTINATION_FORMS = "a destination is a DICOM peer (host, port, ae_title) or a folder (folder)"
+
+
+def _destination_kind(value: object) -> str | None:
+    """Which kind of destination a value is meant to be: a folder when it names one."""
+    if isinstance(value, dict):
+        return "folder" if "folder" in value else "dicom"
+    if isinstance(value, DicomDestination | FolderDestination):
+        return "dicom" if isinstance(value, DicomDestination) else "folder"
+    return None
+
+
+# One kind per destination, chosen by its keys, so that a mistake is reported once, for that kind.
+Destination = Annotated[
+    Annotated[DicomDestination, Tag("dicom")] | Annotated[FolderDestination, Tag("folder")],
+    Discriminator(_destination_kind, custom_error_type="destination",
+                  custom_error_message=DESTINATION_FORMS)]
+
+
 class Forward(Strict):
     to: str
     retry_initial_seconds: Annotated[float, Field(gt=0)] = 2.0
@@ -124,7 +152,7 @@ class Inference(Strict):
 class Config(Strict):
     node: NodeSection = NodeSection()
     sites: list[Site] = [Site(name="default", calling_ae=[ANY_AE], cr=20)]
-    destinations: dict[str, DicomDestination | FolderDestination] = {
+    destinations: dict[str, Destination] = {
         "archive": FolderDestination(folder=Path("./dicomcr-data/archive"))}
     forward: Forward = Forward(to="archive")
     inference: Inference | None = None
@@ -184,8 +212,14 @@ def load_config(path: Path | None) -> Config:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            loc = list(error["loc"])
+            hint = ""
+            if loc[:1] == ["destinations"] and len(loc) > 2:
+                del loc[2]  # the kind's tag: the user wrote no such key
+                if error["type"] in ("missing", "extra_forbidden"):
+                    hint = f"; {DESTINATION_FORMS}"
+            key = ".".join(str(part) for part in loc) or "(top level)"
             got = error.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            problems.append(f"{path}: {key}: {error['msg']}{shown}")
+            problems.append(f"{path}: {key}: {error['msg']}{shown}{hint}")
         raise ConfigError("\n".join(problems)) from exc

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .codec.j2k import PAPER_LADDER, Encoded, encode_ladder, encode_lossless
 from .dicom.derive import cr_label, derive
-from .dicom.source import InputError, read_source
+from .dicom.source import InputError, has_dicm_preamble, read_source
 
 LADDERS = {"paper": PAPER_LADDER}
 
@@ -79,14 +79,7 @@ def transcode_file(
 
 def is_dicom_candidate(path: Path) -> bool:
     """Files a folder walk hands to the transcoder: *.dcm, or anything with the DICM preamble."""
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
+    return path.suffix.lower() == ".dcm" or has_dicm_preamble(path)
 
 
 def find_inputs(root: Path) -> Iterator[tuple[Path, Path]]:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dicomcr import cli as library
-from dicomcr.cli import console, fail
+from dicomcr.cli import check_writable, console, fail
 
 from .node import Node
 from .store import STATES, JobStore
@@ -92,6 +92,7 @@ def conformance(
     if out is None:
         typer.echo(text, nl=False)
     else:
+        check_writable(out)
         out.write_text(text)
         console.print(f"wrote {out}")
 

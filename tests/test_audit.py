@@ -21,6 +21,7 @@ from dicomcr.audit.audit import (
     load_guidelines,
     model_verdict,
 )
+from dicomcr.audit.facts import UnreadableFile, read_facts
 from dicomcr.audit.report import syntax_name, terminal_table
 from dicomcr.cli import app
 from dicomcr.models import CNN3, CNN3Spec
@@ -231,3 +232,15 @@ def test_transfer_syntaxes_by_short_name() -> None:
     assert syntax_name("1.2.840.10008.1.2.1") == "Explicit VR LE"
     assert syntax_name("1.2.840.10008.1.2.4.100") == "MPEG2 Main Profile / Main Level"  # pydicom's
     assert syntax_name("1.2.3.4") == "1.2.3.4"  # unknown: the UID itself
+
+
+def test_a_file_that_is_not_dicom_is_said_so_in_the_users_words(tmp_path: Path) -> None:
+    """Not pydicom's advice ("Use force=True to force reading"); and --json into a folder is
+    refused before the audit."""
+    path = tmp_path / "notes.dcm"
+    path.write_text("not an image")
+    with pytest.raises(UnreadableFile) as refused:
+        read_facts(path)
+    assert str(refused.value) == "not a DICOM file (no DICM preamble/header)"
+    result = runner.invoke(app, ["audit", str(tmp_path), "--json", str(tmp_path)])
+    assert result.exit_code == 2 and f"{tmp_path} is a folder: give a file name" in result.output

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from dicomcr.cli import app as library_app
 from dicomcr.codec.j2k import PAPER_CRS, parse_crs
+from dicomcr.data.dataset import PHANTOM_DICOM
+from dicomcr.models import CNN3, CNN3Spec
+from dicomcr.models.modelfile import ModelInfo, save_model
 
 NODE_COMMANDS = {"serve", "status", "conformance", "demo"}
 
@@ -76,3 +80,41 @@ def test_train_cr_names_one_cr(tmp_path) -> None:
     result = CliRunner().invoke(library_app, ["train", str(tmp_path), "--cr", "1", "--cr", "1000",
                                               "--out", str(tmp_path / "m.dcmcr")])
     assert result.exit_code == 2 and "for a mixture use --cr-mix" in result.output
+
+
+def test_outputs_that_cannot_be_written_are_refused_in_one_line_before_the_work(
+        small_cohort: Path, tmp_path: Path) -> None:
+    """A file where a folder is wanted, a folder where a file is: one line, exit 2, no
+    traceback, and nothing computed first."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    model = tmp_path / "m.dcmcr"
+    spec = CNN3Spec(channels=(4, 8, 8), hidden=(16, 8), input_size=(64, 64))
+    save_model(CNN3(spec), ModelInfo(
+        architecture="cnn3", spec=spec.as_dict(), trained_crs=[20.0], data_fingerprint="abc",
+        preprocessing={"scale": 0.3, "canvas": [100, 120], "input_size": [64, 64]},
+        threshold=0.5), model)
+    study = sorted((small_cohort / PHANTOM_DICOM).iterdir())[0]
+    report = afile / "r.html"
+    for args, said in (
+            (["saliency", str(model), str(study), "--out", str(afile)],
+             f"{afile} exists and is not a folder"),
+            (["evaluate", str(model), str(small_cohort), "--predictions", str(tmp_path)],
+             f"{tmp_path} is a folder: give a file name"),
+            (["report", str(tmp_path), "--out", str(report)],
+             f"cannot write {report}: {afile} exists and is not a folder"),
+            (["transcode", str(study), str(afile), "--cr", "20", "--workers", "1"],
+             f"{afile} exists and is not a folder")):
+        result = CliRunner().invoke(library_app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output.count("error:") == 1 and said in result.output, result.output
+        assert "Traceback" not in result.output
+
+
+def test_conformance_into_a_path_it_cannot_write_is_one_line(tmp_path) -> None:
+    from services.cli import app
+
+    (tmp_path / "afile").write_text("")
+    result = CliRunner().invoke(app, ["conformance", "--out", str(tmp_path / "afile" / "c.md")])
+    assert result.exit_code == 2 and "cannot write" in result.output
+    assert "Traceback" not in result.output

@@ -17,6 +17,7 @@ from dicomcr.experiments.cv import (
     FoldResult,
     cv_folds,
     findings_note,
+    fold_minimum,
     plan_models,
     summarise,
     summarise_findings,
@@ -66,8 +67,29 @@ def test_folds_are_by_patient_stratified_complete_and_seeded() -> None:
         assert len(f.validation) == 5 and len(f.validation & positives) == 1  # 7:1:2
     assert cv_folds(patients, labels, 5, seed=4) == folds
     assert cv_folds(patients, labels, 5, seed=5) != folds
-    with pytest.raises(ValueError, match="at least 5 patients of each class"):
+    with pytest.raises(ValueError) as refused:
         cv_folds(patients[:8], [0, 1] * 4, 5, seed=0)
+    assert str(refused.value) == (
+        "too few patients: 5-fold cross-validation (each fold's training, validation and test "
+        "need both) needs at least 5 patients with a malignant breast and 5 without; the data "
+        "have 4 and 0")  # four patients, each with a cancer in one breast
+
+
+def test_every_fold_trains_and_validates_on_both_classes_or_is_refused() -> None:
+    """Two folds of 3 patients of a class leave a fold's training side without one: 4 needed,
+    said before any work; at the minimum every fold's sides hold both classes."""
+    assert [fold_minimum(k) for k in (2, 3, 5, 10)] == [4, 3, 5, 10]
+    for k in (2, 3, 5):
+        n = fold_minimum(k)
+        patients = [f"p{i}" for i in range(2 * n)]
+        labels = [int(i < n) for i in range(2 * n)]
+        for fold in cv_folds(patients, labels, k, seed=1):
+            for side in (fold.train, fold.validation, fold.test):
+                assert {labels[patients.index(p)] for p in side} == {0, 1}, (k, fold)
+    with pytest.raises(ValueError, match="at least 4 patients with a malignant breast"):
+        cv_folds([f"p{i}" for i in range(6)], [1, 1, 1, 0, 0, 0], 2, seed=0)
+    with pytest.raises(ValueError, match="the data have 0 and 10"):
+        cv_folds([f"p{i}" for i in range(10)], [0] * 10, 5, seed=0)  # no cancer at all
 
 
 def test_the_plan_names_the_papers_models() -> None:
@@ -257,7 +279,10 @@ def test_cv_writes_tables_figures_and_resumes(cohort: Path, tmp_path: Path) -> N
 
 def test_cv_and_report_refuse_bad_input(cohort: Path, tmp_path: Path) -> None:
     bad = _cv(cohort, tmp_path / "r", "--folds", "30")
-    assert bad.exit_code == 2 and "30 folds need" in bad.output
+    assert bad.exit_code == 2 and "30-fold cross-validation" in bad.output
+    (tmp_path / "afile").write_text("")
+    bad = _cv(cohort, tmp_path / "afile")
+    assert bad.exit_code == 2 and f"{tmp_path / 'afile'} exists and is not a folder" in bad.output
     bad = runner.invoke(app, ["cv", str(cohort), "--cr", "15,20", "--augment", "--out",
                               str(tmp_path / "r")])
     assert bad.exit_code == 2 and "give CR 1" in bad.output

@@ -61,6 +61,24 @@ def test_a_generic_csv_pairs_views_and_reports_what_it_leaves_out(small_cohort: 
     assert "2 CC images" in text and "'B' is not L or R" in text
 
 
+def test_a_label_column_with_no_positive_value_is_refused(small_cohort: Path,
+                                                         tmp_path: Path) -> None:
+    """yes/no labels read with the default positive value ("1") would be all benign: refused,
+    naming the values the column holds and how to name the malignant one."""
+    rows = [[r["patient"], r["side"], r["view"], os.path.relpath(r["path"], small_cohort),
+             "yes" if r["malignant"] else "no"] for r in _images(small_cohort)]
+    table = _write(tmp_path / "t.csv", ["p", "s", "v", "f", "cancer"], rows)
+    columns = "patient=p,laterality=s,view=v,label=cancer,path={f}"
+    with pytest.raises(ValueError) as refused:
+        load_dataset(small_cohort, "csv", table, columns)
+    assert str(refused.value) == (
+        f"{table}: no row's cancer is '1', the value(s) that mean malignant (the column holds "
+        "'no', 'yes'); with --format csv, name yours: --columns ...,positive=VALUE")
+    named = load_dataset(small_cohort, "csv", table, columns + ",positive= yes ")
+    assert sum(b.malignant for b in named.breasts) == sum(
+        b.malignant for b in read_phantom_labels(small_cohort)) > 0
+
+
 def test_rsna_and_vindr_layouts(small_cohort: Path, tmp_path: Path) -> None:
     images = _images(small_cohort)
     rsna = tmp_path / "rsna" / "train_images"

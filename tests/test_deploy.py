@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dicomcr.config import load_config
+from dicomcr.config import ConfigError, load_config
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -19,6 +19,26 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 def test_the_example_configurations_load(name: str) -> None:
     config = load_config(DEPLOY / name)
     assert config.node.port == 11112 and config.forward.to in config.destinations
+
+
+@pytest.mark.parametrize(("destination", "said"), [
+    ("{host: 127.0.0.1, port: 4242}", "destinations.pacs.ae_title: Field required; a destination "
+     "is a DICOM peer (host, port, ae_title) or a folder (folder)"),
+    ("{folder: /srv/out, port: 4242}", "destinations.pacs.port: Extra inputs are not permitted "
+     "(got 4242); a destination is a DICOM peer (host, port, ae_title) or a folder (folder)"),
+    ("{host: 127.0.0.1, port: 99999, ae_title: PACS}", "destinations.pacs.port: Input should be "
+     "less than or equal to 65535 (got 99999)"),
+    ("3", "destinations.pacs: a destination is a DICOM peer (host, port, ae_title) or a folder "
+     "(folder) (got 3)"),
+])
+def test_a_bad_destination_is_one_line_about_its_own_kind(tmp_path: Path, destination: str,
+                                                          said: str) -> None:
+    """Not pydantic's errors for both kinds of the union (FolderDestination, DicomDestination)."""
+    path = tmp_path / "node.yaml"
+    path.write_text(f"destinations:\n  pacs: {destination}\nforward: {{to: pacs}}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(refused.value) == f"{path}: {said}"
 
 
 def test_the_systemd_unit_is_accepted(tmp_path: Path) -> None:

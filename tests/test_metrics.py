@@ -64,6 +64,7 @@ def test_auprc_bootstrap_is_seeded_and_brackets_the_value() -> None:
     ([0, 1], [0.1], "equal length"),
     ([0, 1], [0.1, np.nan], "finite"),
     ([0, 0, 1], [0.1, 0.2, 0.3], "at least two of each class"),
+    ([], [], "no cases to score"),  # not numpy's "zero-size array to reduction operation"
 ])
 def test_bad_input_is_refused(labels, scores, message) -> None:
     with pytest.raises(ValueError, match=message):

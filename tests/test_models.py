@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from dicomcr.cli import app
 from dicomcr.models.cnn3 import CNN3, CNN3Spec
 from dicomcr.models.modelfile import ModelFileError, ModelInfo, load_model, save_model
 
@@ -131,3 +134,38 @@ def test_resnet18_takes_one_channel_and_starts_from_imagenet_weights_on_disk(tmp
     assert back.architecture == "resnet18" and torch.equal(model(x), loaded(x))
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("vgg", {})
+
+
+def test_model_info_shows_what_a_model_file_holds(tmp_path: Path) -> None:
+    """`dicomcr model-info`: a table that reads at 80 columns, or everything as strict JSON."""
+    info = _info()
+    info.trained_crs = [1.0, 20.0]
+    info.validation = {"best_epoch": 4, "val_auroc": 0.8125, "split": [16, 3, 5],
+                       "threshold_rule": "Youden's J on validation",
+                       "test_auroc_cr20": [0.75, 0.6, 0.9]}
+    path = tmp_path / "m.dcmcr"
+    save_model(CNN3(SMALL), info, path)
+    runner = CliRunner()
+    shown = runner.invoke(app, ["model-info", str(path)], env={"COLUMNS": "80"})
+    assert shown.exit_code == 0, shown.output
+    assert max(len(line) for line in shown.output.splitlines()) <= 80
+    for row in ("cnn3 (channels 4/8/8, dropout 0.3, hidden 16/8)",
+                "64 x 64 (the 100 x 120 pair at 0.3, shrunk)", "trained at CR", "1, 20",
+                "0.4200 (Youden's J on validation)", "abc123",
+                "AUROC 0.812, best epoch 4, split 16 / 3 / 5 patients",
+                "test AUROC at CR 20", "0.750 (95% CI 0.600-0.900)", f"torch {torch.__version__}"):
+        assert row in shown.output, row
+    as_json = runner.invoke(app, ["model-info", str(path), "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    document = json.loads(as_json.output)
+    assert document["format_version"] == 2 and document["threshold"] == 0.42
+    assert document["trained_crs"] == [1.0, 20.0] and document["data_fingerprint"] == "abc123"
+    assert document["validation"]["split"] == [16, 3, 5]
+    info.validation = {"val_auroc": float("nan")}  # as files from before validation was required
+    save_model(CNN3(SMALL), info, path)
+    old = runner.invoke(app, ["model-info", str(path), "--json"])
+    assert json.loads(old.output)["validation"]["val_auroc"] is None  # strict JSON, no NaN
+    assert "AUROC n/a" in runner.invoke(app, ["model-info", str(path)]).output
+    (tmp_path / "x.dcmcr").write_bytes(b"\x00" * 64)
+    bad = runner.invoke(app, ["model-info", str(tmp_path / "x.dcmcr")])
+    assert bad.exit_code == 2 and "not a readable model file" in bad.output

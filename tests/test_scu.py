@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from dicomcr.cli import app
 from dicomcr.data.dataset import PHANTOM_DICOM
-from dicomcr.net.scu import Peer
+from dicomcr.net.scu import Peer, send
 from dicomcr.transcode import transcode_file
 
 runner = CliRunner()
@@ -73,7 +73,22 @@ def test_a_bad_file_is_reported_and_the_rest_are_sent(small_cohort: Path, stores
                                  "--aet", storescp.aet])
     assert result.exit_code == 1
     assert "broken.dcm" in result.output and "stored 4 of 5" in result.output
+    assert "not sent: not a DICOM file (no DICM preamble/header)" in result.output
     assert len(list(storescp.folder.iterdir())) == 4
+
+
+def test_files_that_cannot_be_sent_are_said_so_in_the_users_words(small_cohort: Path,
+                                                                  tmp_path: Path) -> None:
+    """No association is opened when no file can go: each one is reported in plain words."""
+    notes = tmp_path / "notes.dcm"
+    notes.write_text("not an image")
+    ds = pydicom.dcmread(_study(small_cohort)[0])
+    del ds.SOPInstanceUID
+    no_uid = tmp_path / "no_uid.dcm"
+    ds.save_as(no_uid, enforce_file_format=False)
+    results = list(send(Peer.parse("127.0.0.1:1", "NOBODY"), [notes, no_uid]))
+    assert [r.error for r in results] == ["not sent: not a DICOM file (no DICM preamble/header)",
+                                          "not sent: no SOPInstanceUID"]
 
 
 def test_refused_and_unreachable_peers_give_clear_errors(small_cohort: Path, tmp_path: Path):

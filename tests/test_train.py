@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -14,7 +15,7 @@ from dicomcr.data.dataset import read_phantom_labels
 from dicomcr.data.preprocess import Preprocessing
 from dicomcr.experiments.run import Events, train_classifier
 from dicomcr.experiments.splits import split_patients
-from dicomcr.experiments.train import TrainOptions, predict
+from dicomcr.experiments.train import Samples, TrainOptions, predict, train_model
 from dicomcr.models.modelfile import load_model
 from dicomcr.phantom import CohortSpec, write_cohort
 
@@ -39,6 +40,44 @@ def test_splits_are_by_patient_stratified_and_seeded() -> None:
     assert (len(train & positives), len(val & positives), len(test & positives)) == (14, 2, 4)
     assert split_patients(patients, labels, seed=1) == (train, val, test)
     assert split_patients(patients, labels, seed=2) != (train, val, test)
+
+
+def test_a_small_class_gets_a_patient_on_every_side_and_too_few_are_refused() -> None:
+    """Rounding 7:1:2 would leave validation without a cancer for fewer than 6 patients of a
+    class (a NaN validation AUROC, a threshold from nothing): each side gets one; fewer than 3
+    of a class are refused, saying how many are needed."""
+    patients = [f"p{i}" for i in range(14)]
+    labels = [int(i < 4) for i in range(14)]  # 4 patients with a cancer, 10 without
+    sides = split_patients(patients, labels, seed=0)
+    for side in sides:
+        assert {labels[patients.index(p)] for p in side} == {0, 1}
+    with pytest.raises(ValueError) as refused:
+        split_patients(patients[:6], [1, 0, 0, 0, 0, 0], seed=0)  # the issue's 6 patients
+    assert str(refused.value) == (
+        "too few patients: the 7:1:2 split by patient (one each for training, validation and "
+        "test) needs at least 3 patients with a malignant breast and 3 without; the data have 1 "
+        "and 5")
+    with pytest.raises(ValueError, match="have 0 and 6"):
+        split_patients(patients[:6], [0] * 6, seed=0)  # no cancer at all
+
+
+def test_training_refuses_a_validation_without_both_classes() -> None:
+    """The library's own guard: no NaN validation AUROC, no threshold from one class."""
+    inputs = {1.0: np.zeros((6, 8, 8), dtype=np.float16)}
+    labels = np.array([0, 1, 0, 1, 0, 0])
+    train = Samples.of(inputs, labels, np.arange(4), [1.0])
+    validation = Samples.of(inputs, labels, np.array([4, 5]), [1.0])
+    with pytest.raises(ValueError, match="the validation breasts need both classes"):
+        train_model(lambda: torch.nn.Linear(1, 1), train, validation, TrainOptions(epochs=1))
+
+
+def _small(cohort: Path, folder: Path, patients: int) -> Path:
+    """A cohort of the first `patients` patients of `cohort` (the same DICOM files)."""
+    folder.mkdir()
+    (folder / "dicom").symlink_to(cohort / "dicom")
+    lines = (cohort / "labels.csv").read_text().splitlines()
+    (folder / "labels.csv").write_text("\n".join(lines[:1 + 2 * patients]) + "\n")
+    return folder
 
 
 def _train(cohort: Path, out: Path, *extra: str):
@@ -77,10 +116,12 @@ def test_the_library_trains_a_model_with_its_threshold_and_test_metrics(cohort: 
         read_phantom_labels(cohort), [20.0], tmp_path / "m.dcmcr", cohort / ".dicomcr-cache",
         options=TrainOptions(epochs=2, batch_size=8, seed=3),
         preprocessing=Preprocessing(input_size=(64, 64)), events=Events(epoch=seen.append))
-    assert [r["epoch"] for r in seen] == [1, 2] and trained.split == (17, 2, 5)
+    assert [r["epoch"] for r in seen] == [1, 2] and trained.split == (16, 3, 5)
     _, info = load_model(trained.path)
-    assert info.threshold == trained.threshold and info.validation["threshold_rule"]
-    assert info.validation["split"] == [17, 2, 5] and set(trained.test) == {20.0}
+    assert info.threshold == trained.threshold
+    assert info.validation["threshold_rule"] == "Youden's J on validation"
+    assert 0 <= info.validation["val_auroc"] <= 1  # 5 cancers: one validates (none did before)
+    assert info.validation["split"] == [16, 3, 5] and set(trained.test) == {20.0}
     assert Preprocessing.from_dict(info.preprocessing).model_input == (64, 64)
 
 
@@ -93,6 +134,27 @@ def test_the_library_trains_a_model_with_its_threshold_and_test_metrics(cohort: 
 def test_bad_training_arguments(cohort: Path, tmp_path: Path, args, message) -> None:
     result = runner.invoke(app, ["train", str(cohort), "--out", str(tmp_path / "m"), *args])
     assert result.exit_code == 2 and message in result.output
+
+
+def test_too_few_patients_and_a_bad_output_are_refused_before_any_work(cohort: Path,
+                                                                       tmp_path: Path) -> None:
+    """One line, exit 2, nothing preprocessed or trained (the cache stays empty)."""
+    cache = tmp_path / "cache"
+    few = _small(cohort, tmp_path / "few", 6)
+    (tmp_path / "afile").write_text("")
+    for data, out, said in (
+            (few, tmp_path / "m.dcmcr", "too few patients: the 7:1:2 split by patient"),
+            (cohort, tmp_path / "afile" / "m.dcmcr",
+             f"cannot write {tmp_path / 'afile' / 'm.dcmcr'}: {tmp_path / 'afile'} exists and "
+             "is not a folder"),
+            (cohort, tmp_path, f"{tmp_path} is a folder: give a file name")):
+        result = runner.invoke(app, ["train", str(data), "--cr", "20", "--epochs", "1",
+                                     "--input-size", "64", "--cache", str(cache), "--out",
+                                     str(out)])
+        assert result.exit_code == 2, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and said in " ".join(result.output.split()), result.output
+        assert "Traceback" not in result.output and not cache.exists()
 
 
 def test_a_folder_without_labels_is_refused(tmp_path: Path) -> None:

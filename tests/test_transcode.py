@@ -24,6 +24,7 @@ from dicomcr.phantom import generate_study
 from dicomcr.transcode import transcode_file
 
 runner = CliRunner()
+NOT_DICOM = "not a DICOM file (no DICM preamble/header)"
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +226,16 @@ def _broken_inputs(hologic_file: Path, tmp_path: Path) -> dict[str, tuple[Path, 
     ds.save_as(tmp_path / "short.dcm", enforce_file_format=True)
     cases["short native data"] = (tmp_path / "short.dcm", "bytes")
     (tmp_path / "notdicom.dcm").write_bytes(b"hello" * 100)
-    cases["not DICOM"] = (tmp_path / "notdicom.dcm", "DICOM")
+    cases["not DICOM"] = (tmp_path / "notdicom.dcm", NOT_DICOM)
     return cases
+
+
+def test_a_file_that_is_not_dicom_is_said_so_in_the_users_words(tmp_path: Path) -> None:
+    """Not pydicom's advice ("Use force=True to force reading")."""
+    path = tmp_path / "notes.dcm"
+    path.write_text("not an image")
+    rows = transcode_file(path, tmp_path / "out", Path(path.name), [20])
+    assert [(r.status, r.error) for r in rows] == [("failed", NOT_DICOM)]
 
 
 def test_bad_inputs_fail_with_a_reason(hologic_file: Path, tmp_path: Path) -> None:

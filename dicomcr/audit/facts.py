@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pydicom
 from pydicom.encaps import generate_fragments
-from pydicom.errors import InvalidDicomError
 
-from ..dicom.source import LOSSY_SYNTAXES
+from ..dicom.source import LOSSY_SYNTAXES, InputError, read_dicom
 
 
 class UnreadableFile(ValueError):
@@ -52,9 +51,9 @@ def _values(element) -> tuple[str, ...]:
 def read_facts(path: Path) -> ImageFacts:
     """The compression facts of one image file; UnreadableFile when it is not one."""
     try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-        raise UnreadableFile(f"not readable as DICOM ({exc})") from exc
+        ds = read_dicom(path)
+    except InputError as exc:
+        raise UnreadableFile(str(exc)) from exc
     if "PixelData" not in ds:
         raise UnreadableFile("no Pixel Data")
     try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -99,9 +99,10 @@ class ColumnMap:
     """Which CSV column holds what, and how a row's image file is found.
 
     `path` is a template over the row's columns, relative to the image root, e.g.
-    "{patient_id}/{image_id}.dcm"; `positive` lists the label values that mean malignant;
-    `finding`, optional, names the column of finding categories (read by `Finding.of`, over all
-    the rows of a breast).
+    "{patient_id}/{image_id}.dcm"; `positive` lists the label values that mean malignant
+    (default "1"; a table where no row has one is refused, not read as all benign); `finding`,
+    optional, names the column of finding categories (read by `Finding.of`, over all the rows of
+    a breast).
     """
 
     patient: str
@@ -132,7 +133,8 @@ class ColumnMap:
             if not sep or name not in names:
                 raise ValueError(f"--columns: expected name=value with name one of "
                                  f"{', '.join(names)}; got {part!r}")
-            fields[name] = tuple(value.split("|")) if name == "positive" else value.strip()
+            fields[name] = (tuple(v.strip() for v in value.split("|")) if name == "positive"
+                            else value.strip())
         missing = {"patient", "laterality", "view", "label", "path"} - fields.keys()
         if missing:
             raise ValueError(f"--columns misses {', '.join(sorted(missing))}")
@@ -205,6 +207,7 @@ def read_image_table(table: Path, images: Path, columns: ColumnMap) -> Dataset:
     views: dict[tuple[str, str], dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
     labels: dict[tuple[str, str], int] = {}
     categories: dict[tuple[str, str], list[str]] = defaultdict(list)
+    values: Counter[str] = Counter()  # of the label column, to refuse one with no positive
     with open(table, newline="") as handle:
         reader = csv.DictReader(handle)
         needed = {columns.patient, columns.laterality, columns.view, columns.label}
@@ -214,6 +217,7 @@ def read_image_table(table: Path, images: Path, columns: ColumnMap) -> Dataset:
             raise ValueError(f"{table}: no column {', '.join(sorted(missing))} "
                              f"(columns: {', '.join(reader.fieldnames or ())})")
         for number, row in enumerate(reader, start=2):
+            values[(row[columns.label] or "").strip()] += 1
             side = row[columns.laterality].strip().upper()[:1]
             view = columns.view_names.get(row[columns.view].strip().upper())
             if side not in ("L", "R"):
@@ -255,6 +259,12 @@ def read_image_table(table: Path, images: Path, columns: ColumnMap) -> Dataset:
     if not breasts:
         raise ValueError(f"{table}: no breast with both a CC and an MLO image"
                          + (f" ({problems[0]} ...)" if problems else ""))
+    if not any(v in columns.positive for v in values):
+        wanted = " or ".join(repr(v) for v in columns.positive)
+        shown = ", ".join(repr(v) for v, _ in values.most_common(5))
+        raise ValueError(f"{table}: no row's {columns.label} is {wanted}, the value(s) that mean "
+                         f"malignant (the column holds {shown}); with --format csv, name "
+                         f"yours: --columns ...,positive=VALUE")
     return Dataset(breasts, problems, str(table))
 
 

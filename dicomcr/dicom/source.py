@@ -77,15 +77,36 @@ def _check_header(ds: Dataset) -> None:
                              f"{rows} x {cols} x {ds.BitsAllocated} bits")
 
 
+def has_dicm_preamble(path: Path) -> bool:
+    """Whether the file has the DICOM preamble: 128 bytes, then "DICM"."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_dicom(path: Path, **options: object) -> Dataset:
+    """`pydicom.dcmread(path, **options)`, its failures as InputError in the user's words."""
+    try:
+        return pydicom.dcmread(path, **options)
+    except InvalidDicomError as exc:
+        if not has_dicm_preamble(path):
+            raise InputError("not a DICOM file (no DICM preamble/header)") from exc
+        raise InputError(f"malformed DICOM: {exc}") from exc
+    except OSError as exc:
+        raise InputError(f"cannot read it: {exc.strerror or exc}") from exc
+    except EOFError as exc:
+        raise InputError(f"truncated DICOM ({exc})") from exc
+    except Exception as exc:  # pydicom raises many kinds on malformed element structure
+        raise InputError(f"malformed DICOM: {type(exc).__name__}: {exc}") from exc
+
+
 def read_source(path: Path) -> SourceImage:
     """Read, check and decode one DICOM image, or raise InputError saying what is wrong."""
     path = Path(path)
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, EOFError, OSError) as exc:
-        raise InputError(f"not a readable DICOM file: {exc}") from exc
-    except Exception as exc:  # pydicom raises many kinds on malformed element structure
-        raise InputError(f"malformed DICOM: {type(exc).__name__}: {exc}") from exc
+    ds = read_dicom(path)
     _check_header(ds)
     try:
         pixels = ds.pixel_array

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..data.dataset import Finding
 from .metrics import auprc_bootstrap, auroc_by_group, auroc_delong, delong_paired
+from .splits import patient_labels, require_patients
 from .train import Samples, TrainOptions, operating_threshold, predict, train_model
 
 
@@ -42,6 +43,21 @@ class Fold:
     test: frozenset[str]
 
 
+def _validation_size(rest: int, share: float) -> int:
+    """Validation patients of a class with `rest` patients on a fold's training side."""
+    return max(1, round(share * rest))
+
+
+def fold_minimum(n_folds: int, validation_share: float = 0.125) -> int:
+    """The fewest patients of a class for which every fold has one of them in training,
+    validation and test (folds hold n // k or n // k + 1 patients of the class)."""
+    n = n_folds
+    while any(rest - _validation_size(rest, validation_share) < 1
+              for rest in (n - n // n_folds, n - -(-n // n_folds))):
+        n += 1
+    return n
+
+
 def cv_folds(patients: list[str], labels: list[int], n_folds: int, seed: int,
              validation_share: float = 0.125) -> list[Fold]:
     """Stratified patient folds; a patient's label is its most severe breast's.
@@ -52,15 +68,11 @@ def cv_folds(patients: list[str], labels: list[int], n_folds: int, seed: int,
         raise ValueError(f"cross-validation needs at least 2 folds, got {n_folds}")
     if not 0 < validation_share < 1:
         raise ValueError(f"validation_share must be in (0, 1), got {validation_share}")
-    by_patient: dict[str, int] = {}
-    for patient, label in zip(patients, labels, strict=True):
-        by_patient[patient] = max(by_patient.get(patient, 0), int(label))
-    classes = {label: sorted(p for p, v in by_patient.items() if v == label)
-               for label in sorted(set(by_patient.values()))}
-    for label, group in classes.items():
-        if len(group) < n_folds:
-            raise ValueError(f"{n_folds} folds need at least {n_folds} patients of each class; "
-                             f"label {label} has {len(group)}")
+    by_patient = patient_labels(patients, labels)
+    require_patients(by_patient, fold_minimum(n_folds, validation_share),
+                     f"{n_folds}-fold cross-validation (each fold's training, validation and "
+                     f"test need both)")
+    classes = {label: sorted(p for p, v in by_patient.items() if v == label) for label in (0, 1)}
     rng = np.random.default_rng(seed)
     fold_of: dict[str, int] = {}
     for group in classes.values():
@@ -74,7 +86,7 @@ def cv_folds(patients: list[str], labels: list[int], n_folds: int, seed: int,
         for group in classes.values():
             rest = [p for p in group if fold_of[p] != k]
             order = np.random.default_rng([seed, k]).permutation(len(rest))
-            validation.update(rest[i] for i in order[:max(1, round(validation_share * len(rest)))])
+            validation.update(rest[i] for i in order[:_validation_size(len(rest), validation_share)])
         train = frozenset(by_patient) - test - validation
         folds.append(Fold(k, train, frozenset(validation), test))
     return folds

@@ -34,6 +34,8 @@ def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
     if y.ndim != 1 or s.shape != y.shape:
         raise ValueError(f"labels and scores must be 1-D and of equal length, got {y.shape}, "
                          f"{s.shape}")
+    if y.size == 0:
+        raise ValueError("no cases to score")
     if not np.isin(y, (0, 1)).all():
         raise ValueError("labels must be 0 or 1")
     if y.min() == y.max():

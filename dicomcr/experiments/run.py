@@ -5,7 +5,9 @@ threshold on validation, test at every CR, write the model file. `run_cv`: every
 plan on every fold (resumable), each fold's network as a model file with its threshold, the
 pooled metrics, tables, figures and optionally Grad-CAM scores. `dicomcr train`, `dicomcr cv`,
 the demo and the tests call these; they parse and print. Both take the preprocessing without a
-canvas by default: the canvas is derived from the data (the paper's 30 % pitch, padded).
+canvas by default: the canvas is derived from the data (the paper's 30 % pitch, padded). Both
+refuse, before any work, too few patients of a class for every side of the split to hold both
+classes, and an output path they could not write.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..dicom.source import InputError
 from ..models import CNN3, Architecture, CNN3Spec, ResNet18, ResNet18Spec
 from ..models.modelfile import ModelFileError, ModelInfo, load_model, save_model
 from ..models.resnet18 import imagenet_weights_path
+from ..outputs import output_file, output_folder
 from . import cv as cvlib
 from .metrics import Estimate, auroc_delong
 from .report import write_figures
@@ -127,6 +130,7 @@ def train_classifier(breasts: list[Breast], crs: list[float], out: Path, cache: 
     labels = np.array([b.malignant for b in breasts])
     train_ids, val_ids, test_ids = split_patients([b.patient_id for b in breasts],
                                                   labels.tolist(), options.seed)
+    output_file(out)  # a bad path is said now, not after training
     inputs = preprocess(breasts, crs, preprocessing, cache, workers, events)
     p = inputs.preprocessing
     build, spec = _builder(architecture, weights, p.model_input)
@@ -155,7 +159,6 @@ def train_classifier(breasts: list[Breast], crs: list[float], out: Path, cache: 
     info = ModelInfo(architecture=architecture, spec=spec, preprocessing=p.as_dict(),
                      trained_crs=list(crs), data_fingerprint=fingerprint(breasts),
                      threshold=threshold, validation=report)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_model(result.model, info, out)
     return TrainedModel(Path(out), info, (len(train_ids), len(val_ids), len(test_ids)),
                         result.best_epoch, result.best_validation_auroc, threshold, rule, tested)
@@ -205,6 +208,7 @@ def run_cv(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *, f
     patient_of = [b.patient_id for b in breasts]
     labels = np.array([b.malignant for b in breasts])
     fold_list = cvlib.cv_folds(patient_of, labels.tolist(), folds, options.seed)
+    output_folder(out)
     inputs = preprocess(breasts, crs, preprocessing, cache, workers, events)
     p = inputs.preprocessing
     masks = {}

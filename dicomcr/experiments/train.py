@@ -116,21 +116,20 @@ def predict(model: nn.Module, samples: Samples | np.ndarray, device: torch.devic
 
 
 def operating_threshold(model: nn.Module, validation: Samples) -> tuple[float, str]:
-    """(threshold, how it was chosen): Youden's J on the validation samples, or 0.5 with the
-    reason when validation cannot give one (a class missing)."""
-    try:
-        scores = predict(model, validation, torch.device("cpu"))
-        return youden_threshold(validation.labels, scores), "Youden's J on validation"
-    except ValueError as exc:
-        return 0.5, f"0.5: no threshold from validation ({exc})"
+    """(threshold, how it was chosen): Youden's J on the validation samples (both classes are
+    there: `train_model` refuses a validation without them)."""
+    scores = predict(model, validation, torch.device("cpu"))
+    return youden_threshold(validation.labels, scores), "Youden's J on validation"
 
 
 def train_model(build: Callable[[], nn.Module], train: Samples, validation: Samples,
                 options: TrainOptions, progress: Callable[[dict], None] | None = None
                 ) -> TrainResult:
     """Train the network `build()` makes; keep the weights of the best validation AUROC's epoch."""
-    if len(train) < 2 or len(np.unique(train.labels)) < 2:
-        raise ValueError("training needs both classes among at least two inputs")
+    for name, side in (("training", train), ("validation", validation)):
+        if len(np.unique(side.labels)) < 2:
+            raise ValueError(f"the {name} breasts need both classes (malignant and not); they "
+                             f"hold {len(side)} input(s), {int(side.labels.sum())} malignant")
     device = pick_device(options.device)
     torch.manual_seed(options.seed)
     np_rng = np.random.default_rng(options.seed)
@@ -159,18 +158,15 @@ def train_model(build: Callable[[], nn.Module], train: Samples, validation: Samp
             scaler.update()
             total += float(loss.detach()) * len(index)
         scores = predict(model, validation, device)
-        auroc = (float(roc_auc_score(validation.labels, scores))
-                 if len(np.unique(validation.labels)) == 2 else float("nan"))
+        auroc = float(roc_auc_score(validation.labels, scores))
         record = {"epoch": epoch, "loss": total / len(order), "val_auroc": auroc}
         history.append(record)
         if progress:
             progress(record)
-        if np.isnan(auroc) or auroc > best[0]:
-            best = (auroc if not np.isnan(auroc) else best[0], epoch,
-                    copy.deepcopy(model.state_dict()))
+        if auroc > best[0]:
+            best = (auroc, epoch, copy.deepcopy(model.state_dict()))
         elif epoch - best[1] >= options.patience:
             break
     model.load_state_dict(best[2])
     model.eval()
-    best_auroc = best[0] if best[0] >= 0 else float("nan")  # nan: validation lacks a class
-    return TrainResult(model.cpu(), best[1], best_auroc, history)
+    return TrainResult(model.cpu(), best[1], best[0], history)

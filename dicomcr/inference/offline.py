@@ -18,6 +18,7 @@ from ..data.dataset import mask_beside
 from ..data.preprocess import normalise_image
 from ..dicom.source import InputError, SourceImage, read_source
 from ..explain.figure import saliency_figure
+from ..outputs import output_folder
 from .classify import Classifier, view_of
 from .objects import Written, write_objects
 
@@ -57,6 +58,7 @@ def model_names(models: list[Path]) -> list[str]:
 def saliency_study(models: list[Path], files: list[Path], crs: list[float], out: Path,
                    device: str = "cpu") -> OfflineResult:
     """Run every model at every CR on one study; write the objects and the figure into `out`."""
+    output_folder(out)
     result = OfflineResult()
     sources = []
     for path in files:

@@ -17,6 +17,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from ..dicom.source import InputError, read_dicom
+
 MAX_CONTEXTS = 128  # presentation contexts one association may propose (PS3.8)
 
 
@@ -124,10 +126,13 @@ def send(
     headers: list[tuple[Path, pydicom.Dataset]] = []
     for path in paths:
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=False, defer_size="1 KB")
-            ds.SOPClassUID, ds.SOPInstanceUID, ds.file_meta.TransferSyntaxUID  # noqa: B018
-        except Exception as exc:  # any unreadable file is reported, the rest still go
-            result = SendResult(Path(path), "", None, f"not sent: {type(exc).__name__}: {exc}")
+            ds = read_dicom(path, stop_before_pixels=False, defer_size="1 KB")
+            missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if k not in ds]
+            missing += [] if "TransferSyntaxUID" in ds.file_meta else ["TransferSyntaxUID"]
+            if missing:
+                raise InputError(f"no {' and no '.join(missing)}")
+        except InputError as exc:  # an unreadable file is reported, the rest still go
+            result = SendResult(Path(path), "", None, f"not sent: {exc}")
             if progress:
                 progress(result)
             yield result

@@ -27,6 +27,7 @@ from PIL import Image
 
 from dicomcr import __version__
 from dicomcr.data.dataset import PHANTOM_DICOM, PHANTOM_MASKS, Finding
+from dicomcr.outputs import output_folder
 
 from .params import DETECTORS, VENDOR_CHOICES, CohortMix, Difficulty, Tissue
 from .study import PhantomStudy, generate_study
@@ -225,9 +226,4 @@ def _check_writable(out: Path, force: bool) -> None:
                 shutil.rmtree(old)
             elif old.exists() or old.is_symlink():
                 old.unlink()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"cannot create the output folder {out}: {exc.strerror}") from exc
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ValueError(f"the output folder {out} is not writable")
+    output_folder(out)
