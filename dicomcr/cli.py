@@ -178,10 +178,12 @@ def transcode(
     if len(rows) > 200:
         table.add_row("…", f"{len(rows) - 200} more rows in manifest.csv", "", "", "")
     Console().print(table)
-    failed = sorted({row.source for row in rows if row.status != "ok"})
+    bad = [row for row in rows if row.status != "ok"]
     console.print(f"manifest: {out / 'manifest.csv'}")
-    if failed:
-        console.print(f"[bold red]{len(failed)} of {len(inputs)} file(s) failed[/]")
+    if bad:
+        files = len({row.source for row in bad})
+        console.print(f"[bold red]{len(bad)} of {len(rows)} output(s) failed, in {files} of "
+                      f"{len(inputs)} file(s)[/]")
         raise typer.Exit(code=1)
 
 
@@ -530,6 +532,7 @@ def evaluate(
 
     from dicomcr.data.preprocess import Preprocessing
     from dicomcr.experiments.metrics import auprc_bootstrap, auroc_delong
+    from dicomcr.experiments.run import Events, reachable
     from dicomcr.experiments.train import predict
     from dicomcr.models.modelfile import ModelFileError, load_model
 
@@ -540,6 +543,10 @@ def evaluate(
     crs = _crs(cr) if cr else sorted(set(info.trained_crs))
     check_writable(predictions)
     breasts = _dataset(data, layout, labels_csv, columns)
+    try:
+        crs = list(reachable(breasts, crs, Events(note=_say)).kept)
+    except ValueError as exc:
+        fail(str(exc))
     p = Preprocessing.from_dict(info.preprocessing)
     inputs = _preprocess(breasts, crs, p, cache, data, workers)
     labels = np.array([b.malignant for b in breasts])
@@ -809,13 +816,23 @@ def audit(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the audit as JSON.")] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="Write the audit as HTML.")] = None,
     fail_on: Annotated[str | None, typer.Option(help="Exit 1 when a site shows a 'violation' "
-                                                "(guideline or DICOM rules) or 'degraded' model.")
+                                                "(guideline or DICOM rules) or 'degraded' model; "
+                                                "an unreadable --results is then an error.")
                        ] = None,
+    same_data: Annotated[bool, typer.Option("--same-data", help="The --results come from the "
+                                            "sites' own data, although their data fingerprint "
+                                            "differs from the deployed model's.")] = False,
 ) -> None:
     """Audit the compression of every site: achieved CRs, DICOM rules, guidelines, the model."""
     import json
 
-    from dicomcr.audit.audit import audit_sites, folder_images, load_guidelines, node_sites
+    from dicomcr.audit.audit import (
+        audit_sites,
+        folder_images,
+        load_guidelines,
+        node_sites,
+        read_results,
+    )
     from dicomcr.audit.report import terminal_table, to_json, write_html
     from dicomcr.config import ConfigError, load_config
     from dicomcr.models.modelfile import ModelFileError, load_model
@@ -824,8 +841,19 @@ def audit(
         fail(f"--fail-on takes violation or degraded, got {fail_on!r}")
     if not folders and config is None:
         fail("nothing to audit: give DICOM folders and/or --config node.yaml")
+    if fail_on == "degraded" and results is None:
+        fail("--fail-on degraded judges the model at each site's CR: give --results (a "
+             "dicomcr cv --cross results folder)")
     check_writable(json_out, html_out)
     problems: list[str] = []
+    document = None
+    if results is not None:
+        try:
+            document = read_results(results)
+        except ValueError as exc:
+            if fail_on:  # a gate must not pass on a typo
+                fail(f"{exc}; --fail-on {fail_on} needs it")
+            problems.append(f"{exc}; no model verdicts")
     try:
         table = load_guidelines(guidelines)
         if guideline and guideline not in {g.key for g in table}:
@@ -849,14 +877,7 @@ def audit(
                 keys[site] = None
     except (ValueError, ConfigError, ModelFileError) as exc:
         fail(str(exc))
-    document = None
-    if results is not None:
-        path = results / "results.json" if results.is_dir() else results
-        try:
-            document = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            problems.append(f"--results {path}: not readable ({exc}); no model verdicts")
-    audits = audit_sites(files, configured, table, keys, document, models)
+    audits = audit_sites(files, configured, table, keys, document, models, same_data)
 
     Console().print(terminal_table(audits))
     for a in audits:

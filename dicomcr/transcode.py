@@ -14,7 +14,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .codec.j2k import PAPER_LADDER, Encoded, encode_ladder, encode_lossless
+from .codec.j2k import (
+    PAPER_LADDER,
+    Encoded,
+    encode_ladder,
+    encode_lossless,
+    target_problems,
+    uncompressed_bytes,
+)
 from .dicom.derive import cr_label, derive
 from .dicom.source import InputError, has_dicm_preamble, read_source
 
@@ -48,33 +55,47 @@ def _write_atomically(ds, path: Path) -> None:
 def transcode_file(
     source_path: Path, out: Path, relative: Path, targets: Sequence[float], lossless: bool = False,
 ) -> list[ManifestRow]:
-    """Transcode one file into OUT/<cr label>/<relative>; failures become rows, never exceptions."""
+    """Transcode one file into OUT/<cr label>/<relative>; failures become rows, never exceptions.
+
+    One row per target (highest CR first, lossless last). Each target succeeds or fails on its
+    own: a CR out of reach for this image fails its row with the reason, the others are written.
+    """
     start = time.perf_counter()
-    labels = [f"{cr:g}" for cr in sorted(set(targets), reverse=True)] + (["lossless"] if lossless
-                                                                         else [])
+    wanted = sorted({float(cr) for cr in targets}, reverse=True)
+    labels = [f"{cr:g}" for cr in wanted] + (["lossless"] if lossless else [])
+
+    def failed(label: str, reason: str) -> ManifestRow:
+        return ManifestRow(str(source_path), "", label, "", "", "failed", reason)
+
     try:
         source = read_source(source_path)
-        encoded: list[Encoded] = []
-        if targets:
-            encoded += encode_ladder(source.pixels, source.bits_stored, targets,
+    except (InputError, ValueError) as exc:
+        return [failed(label, str(exc)) for label in labels]
+    problems = target_problems(wanted, uncompressed_bytes(source.pixels, source.bits_allocated))
+    rows = {f"{cr:g}": failed(f"{cr:g}", reason) for cr, reason in problems.items()}
+    reachable = [cr for cr in wanted if f"{cr:g}" not in rows]
+    encoded: list[Encoded] = []
+    if reachable:
+        try:
+            encoded += encode_ladder(source.pixels, source.bits_stored, reachable,
                                      source.bits_allocated)
-        if lossless:
+        except (InputError, ValueError) as exc:
+            rows.update((f"{cr:g}", failed(f"{cr:g}", str(exc))) for cr in reachable)
+    if lossless:
+        try:
             encoded.append(encode_lossless(source.pixels, source.bits_stored,
                                            source.bits_allocated))
-    except (InputError, ValueError) as exc:
-        return [ManifestRow(str(source_path), "", label, "", "", "failed", str(exc))
-                for label in labels]
+        except (InputError, ValueError) as exc:
+            rows["lossless"] = failed("lossless", str(exc))
     seconds = (time.perf_counter() - start) / max(len(encoded), 1)
-    rows = []
     for item in encoded:
         destination = out / cr_label(item.target_cr) / relative
         _write_atomically(derive(source.dataset, item, source.lossy), destination)
-        rows.append(ManifestRow(
-            str(source_path), str(destination),
-            "lossless" if item.lossless else f"{item.target_cr:g}",
-            f"{item.achieved_cr:.2f}", f"{item.psnr_db:.2f}", "ok", "", f"{seconds:.2f}",
-        ))
-    return rows
+        label = "lossless" if item.lossless else f"{item.target_cr:g}"
+        rows[label] = ManifestRow(str(source_path), str(destination), label,
+                                  f"{item.achieved_cr:.2f}", f"{item.psnr_db:.2f}", "ok", "",
+                                  f"{seconds:.2f}")
+    return [rows[label] for label in labels]
 
 
 def is_dicom_candidate(path: Path) -> bool:

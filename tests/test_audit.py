@@ -40,11 +40,13 @@ def _row(cr: float, auroc: float, low: float, high: float) -> dict:
             "fold_auprc_mean": 0.5, "fold_auprc_sd": 0.02}
 
 
-def _results(folder: Path, architecture: str = "cnn3") -> Path:
-    """A cross-CR results folder as `dicomcr cv --cross` writes it (the numbers chosen)."""
+def _results(folder: Path, architecture: str = "cnn3", data: str = "x") -> Path:
+    """A cross-CR results folder as `dicomcr cv --cross` writes it (the numbers chosen), on
+    data of fingerprint `data` (the deployed model's is "x")."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps({
-        "meta": {"architecture": architecture, "preprocessing": PREPROCESSING},
+        "meta": {"architecture": architecture, "preprocessing": PREPROCESSING,
+                 "data": "cohort", "data_fingerprint": data},
         "rows": [_row(1, 0.86, 0.82, 0.90), _row(20, 0.85, 0.81, 0.89),
                  _row(100, 0.70, 0.65, 0.75)]}))
     return folder
@@ -69,7 +71,8 @@ def test_verdicts_on_known_inputs(tmp_path: Path) -> None:
     assert guideline_verdict(20.2, table, "UK") == ("violation", "max CR 20.2: above UK 15")
     assert guideline_verdict(26, table, None)[0] == "violation"
     results = json.loads((_results(tmp_path) / "results.json").read_text())
-    deployed = {"architecture": "cnn3", "preprocessing": PREPROCESSING, "trained_crs": [20.0]}
+    deployed = {"architecture": "cnn3", "preprocessing": PREPROCESSING, "trained_crs": [20.0],
+                "data_fingerprint": "x"}
     assert model_verdict(results, deployed, 20.1).status == "OK"
     assert model_verdict(results, deployed, 20.1).note == ""
     weak = {**results, "rows": [_row(1, 0.55, 0.30, 0.80), _row(20, 0.54, 0.29, 0.79)]}
@@ -80,6 +83,17 @@ def test_verdicts_on_known_inputs(tmp_path: Path) -> None:
     assert model_verdict(results, {**deployed, "architecture": "resnet18"}, 20).status == \
         "other model"
     assert model_verdict(results, {**deployed, "trained_crs": [15.0]}, 20).status == "other model"
+    # cv results from other data are not the deployed model's (issue 16, item 10) ...
+    other = {**results, "meta": {**results["meta"], "data_fingerprint": "y"}}
+    verdict = model_verdict(other, deployed, 20)
+    assert (verdict.status, verdict.at_site) == ("other data", None)
+    assert verdict.note == ("the results are for other data: cohort, fingerprint y; the deployed "
+                            "M-CR20 was trained on x (--same-data if the results are this site's "
+                            "data)")
+    assert model_verdict(other, deployed, 100, site_data=True).status == "degraded"  # user says
+    # ... unless they test that very model on held-out data (the demo's results)
+    held_out = {**other, "meta": {**other["meta"], "model_data_fingerprint": "x"}}
+    assert model_verdict(held_out, deployed, 20).status == "OK"
 
 
 def test_audit_of_node_sites_and_a_broken_folder(small_cohort: Path, model: Path,
@@ -155,6 +169,55 @@ def test_audit_of_node_sites_and_a_broken_folder(small_cohort: Path, model: Path
     assert {s["model"]["status"] for s in json.loads(out.read_text())["sites"]} == {"other model"}
     bad = runner.invoke(app, ["audit"])
     assert bad.exit_code == 2 and "nothing to audit" in bad.output
+
+
+def test_results_of_other_data_and_an_unreadable_results_folder(small_cohort: Path,
+                                                                  model: Path,
+                                                                  tmp_path: Path) -> None:
+    """Issue 16, item 10: the model verdict names results for other data, --same-data accepts
+    them; a --results typo is an error when --fail-on asks for verdicts, a warning otherwise."""
+    from dicomcr.transcode import transcode_file
+
+    site = tmp_path / "clinic"
+    for path in _study(small_cohort, 0)[:2]:
+        assert transcode_file(path, site, Path(path.name), [20])[0].status == "ok"
+
+    def audit(*args: str):
+        out = tmp_path / "audit.json"
+        result = runner.invoke(app, ["audit", str(site), "--model", str(model), "--json",
+                                     str(out), *args])
+        verdict = json.loads(out.read_text())["sites"][0]["model"] if out.exists() else None
+        out.unlink(missing_ok=True)
+        return result, verdict
+
+    other = str(_results(tmp_path / "other", data="y"))
+    result, verdict = audit("--results", other, "--fail-on", "degraded")
+    assert result.exit_code == 0, result.output
+    assert verdict["status"] == "other data" and "fingerprint y" in verdict["note"]
+    assert "other data" in result.output
+    result, verdict = audit("--results", other, "--same-data")
+    assert result.exit_code == 0 and verdict["status"] == "OK", result.output
+    result, verdict = audit("--results", str(_results(tmp_path / "same")))
+    assert verdict["status"] == "OK", result.output
+
+    typo = tmp_path / "resluts"
+    for fail_on in ("degraded", "violation"):
+        result, verdict = audit("--results", str(typo), "--fail-on", fail_on)
+        assert result.exit_code == 2 and verdict is None, result.output
+        assert " ".join(result.output.split()) == (
+            f"error: --results {typo}: no such folder or file; --fail-on {fail_on} needs it")
+    result, verdict = audit("--results", str(typo))  # no gate: said, and the audit completes
+    assert result.exit_code == 0 and verdict["status"] == "no results", result.output
+    assert f"--results {typo}: no such folder or file; no model verdicts" in " ".join(
+        result.output.split())
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "list.json").write_text("[]")
+    for path, said in ((tmp_path / "empty", "no results.json"),
+                       (tmp_path / "list.json", "not a results.json of dicomcr cv")):
+        result, _ = audit("--results", str(path), "--fail-on", "degraded")
+        assert result.exit_code == 2 and said in result.output, result.output
+    result, _ = audit("--fail-on", "degraded")
+    assert result.exit_code == 2 and "give --results" in result.output
 
 
 def _render(audits: list[SiteAudit], width: int) -> list[str]:

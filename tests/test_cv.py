@@ -277,6 +277,46 @@ def test_cv_writes_tables_figures_and_resumes(cohort: Path, tmp_path: Path) -> N
     assert "http://" not in page and "https://" not in page  # viewable offline
 
 
+def test_a_results_folder_describes_one_run(cohort: Path, tmp_path: Path) -> None:
+    """Issue 16, items 8 and 9: a CR beyond the small images' reach is skipped with one line
+    and the run goes on; files an earlier run left in the folder (saliency.csv, Fig. 4, Table
+    2's heat maps, the report) are removed and named, and the report shows this run's only."""
+    out = tmp_path / "results"
+    first = _cv(cohort, out, "--saliency", "--cr", "11000")
+    assert first.exit_code == 0, first.output
+    said = " ".join(first.output.split())
+    assert "CR 11000 skipped: out of reach for some of this dataset's images" in said
+    document = json.loads((out / "results.json").read_text())
+    assert document["meta"]["crs"] == [1.0, 20.0] and document["meta"]["crs_skipped"] == [11000.0]
+    assert "saliency.csv" in document["files"] and (out / "saliency.csv").is_file()
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0
+    assert "pointing game" in (out / "report.html").read_text()
+
+    augmented = _cv(cohort, out, "--augment")
+    assert augmented.exit_code == 0, augmented.output
+    said = " ".join(augmented.output.split())
+    assert (f"removed from {out}, left by an earlier run and not part of this one: saliency.csv, "
+            "report.html") in said
+    assert not (out / "saliency.csv").exists() and (out / "fig4_augment.png").is_file()
+    document = json.loads((out / "results.json").read_text())
+    assert document["saliency"] == [] and "fig4_augment.png" in document["files"]
+
+    plain = _cv(cohort, out)
+    assert plain.exit_code == 0, plain.output
+    assert ("not part of this one: table2_auroc.png, table2_auprc.png, fig4_augment.png"
+            in " ".join(plain.output.split()))
+    assert not (out / "fig4_augment.png").exists()
+    (out / "fig4_augment.png").write_bytes((out / "fig2_roc_pr.png").read_bytes())  # by hand
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0
+    page = (out / "report.html").read_text()
+    assert "Figure 4" not in page and "pointing game" not in page  # not this run's
+    assert page.count("data:image/png;base64,") == 2  # Fig. 2 and the findings figure
+    assert "CR 11000 skipped" not in page  # the last run did not ask for it
+    names = {p.name for p in out.iterdir() if p.is_file()}
+    assert names - {"fig4_augment.png"} == set(json.loads((out / "results.json").read_text())
+                                               ["files"]) | {"report.html"}
+
+
 def test_cv_and_report_refuse_bad_input(cohort: Path, tmp_path: Path) -> None:
     bad = _cv(cohort, tmp_path / "r", "--folds", "30")
     assert bad.exit_code == 2 and "30-fold cross-validation" in bad.output

@@ -186,6 +186,38 @@ def test_evaluate_reports_auroc_and_auprc_and_writes_predictions(cohort: Path,
     assert bad.exit_code == 2 and "not a readable model file" in bad.output
 
 
+def test_crs_out_of_reach_of_small_images_are_skipped_or_refused(cohort: Path,
+                                                                 tmp_path: Path) -> None:
+    """Small GE views reach CR 2143 at most (issue 16, item 8): a CR above it is skipped with
+    one line, the run going on with the others; a run left without a CR is refused, naming the
+    highest CR every view reaches, before any work."""
+    cache = tmp_path / "cache"
+    refused = runner.invoke(app, ["train", str(cohort), "--cr", "11000", "--cache", str(cache),
+                                  "--out", str(tmp_path / "x.dcmcr")])
+    assert refused.exit_code == 2 and not cache.exists(), refused.output
+    said = " ".join(refused.output.split())
+    assert ("error: CR 11000 is out of reach for this dataset's images: the highest CR every "
+            "view reaches is 2143 (96 view(s) reach at most CR 2143; a codestream keeps at least "
+            "256 bytes)") in said
+
+    mixed = _train(cohort, tmp_path / "m.dcmcr", "--cr-mix", "1,20,5000,11000")
+    assert mixed.exit_code == 0, mixed.output
+    said = " ".join(mixed.output.split())
+    assert "CR 5000, 11000 skipped: out of reach for some of this dataset's images" in said
+    assert "going on with CR 1, 20." in said
+    _, info = load_model(tmp_path / "m.dcmcr")
+    assert info.trained_crs == [1.0, 20.0]
+
+    skipped = runner.invoke(app, ["evaluate", str(tmp_path / "m.dcmcr"), str(cohort), "--cr",
+                                  "20,11000"])
+    assert skipped.exit_code == 0, skipped.output
+    assert "CR 11000 skipped" in " ".join(skipped.output.split())
+    only = runner.invoke(app, ["evaluate", str(tmp_path / "m.dcmcr"), str(cohort), "--cr",
+                               "11000"])
+    assert only.exit_code == 2 and "highest CR every view reaches is 2143" in " ".join(
+        only.output.split())
+
+
 def test_resnet18_trains_from_scratch_when_no_imagenet_weights_are_on_disk(
         cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # an empty torch cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import shutil
 import subprocess
@@ -246,10 +247,39 @@ def test_bad_inputs_fail_with_a_reason(hologic_file: Path, tmp_path: Path) -> No
     assert not list((tmp_path / "out").rglob("*.dcm"))  # nothing half-written
 
 
-@pytest.mark.parametrize(("cr", "reason"), [(1, "> 1"), (0.5, "> 1"), (1e7, "absurd")])
+@pytest.mark.parametrize(("cr", "reason"), [(1, "> 1"), (0.5, "> 1"), (1e7, "out of reach")])
 def test_impossible_ratios_fail_with_a_reason(cr, reason, hologic_file: Path, tmp_path: Path):
     rows = transcode_file(hologic_file, tmp_path, Path("x.dcm"), [cr])
     assert rows[0].status == "failed" and reason in rows[0].error
+
+
+def test_each_target_succeeds_or_fails_on_its_own(ge_file: Path, tmp_path: Path) -> None:
+    """A small GE view (478 x 574, 548744 bytes) reaches CR 2143 at most: the CRs above fail
+    with their own reason, every other CR is written (issue 16, item 8)."""
+    rows = transcode_file(ge_file, tmp_path, Path("x.dcm"), [20, 5000])
+    assert [(r.target, r.status) for r in rows] == [("5000", "failed"), ("20", "ok")]
+    assert rows[0].error == ("compression ratio 5000 is out of reach for this image: its 548744 "
+                             "bytes would become 110, below the 256 bytes of a minimal "
+                             "codestream (highest possible here: 2143)")
+    assert (tmp_path / "cr20" / "x.dcm").is_file() and not (tmp_path / "cr5000").exists()
+    both = transcode_file(ge_file, tmp_path / "b", Path("x.dcm"), [11000], lossless=True)
+    assert [(r.target, r.status) for r in both] == [("11000", "failed"), ("lossless", "ok")]
+
+    out = tmp_path / "ladder"
+    result = runner.invoke(app, ["transcode", str(ge_file), str(out), "--ladder", "paper",
+                                 "--workers", "1"])
+    assert result.exit_code == 1, result.output  # some outputs failed: named, the rest written
+    with open(out / "manifest.csv", newline="") as handle:
+        manifest = {r["target"]: r for r in csv.DictReader(handle)}
+    assert sorted(manifest, key=float) == [f"{cr:g}" for cr in PAPER_LADDER]
+    for cr in PAPER_LADDER:
+        row = manifest[f"{cr:g}"]
+        if cr > 2143:  # each failure names its own CR
+            assert row["status"] == "failed" and row["error"].startswith(
+                f"compression ratio {cr:g} is out of reach"), row
+        else:
+            assert row["status"] == "ok" and abs(float(row["achieved_cr"]) / cr - 1) < 0.02
+    assert "3 of 10 output(s) failed, in 1 of 1 file(s)" in " ".join(result.output.split())
 
 
 def test_command_writes_a_series_per_cr_and_a_manifest(small_cohort: Path, tmp_path: Path) -> None:
@@ -263,7 +293,7 @@ def test_command_writes_a_series_per_cr_and_a_manifest(small_cohort: Path, tmp_p
     result = runner.invoke(app, ["transcode", str(src), str(out), "--cr", "20", "--cr", "100",
                                  "--lossless", "--workers", "2"])
     assert result.exit_code == 1, result.output  # one file failed, the batch went on
-    assert "1 of 5 file(s) failed" in result.output
+    assert "3 of 15 output(s) failed, in 1 of 5 file(s)" in result.output
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["cr100", "cr20", "lossless"]
     for series in ("cr20", "cr100", "lossless"):
         assert len(list((out / series / study.name).glob("*.dcm"))) == 4

@@ -54,7 +54,7 @@ def load_guidelines(path: Path | None = None) -> list[Guideline]:
 class ModelVerdict:
     """The deployed model at a site's CR, next to CR 1, from cross-CR results."""
 
-    status: str  # OK, degraded, not validated, no results, other model
+    status: str  # OK, degraded, not validated, no results, other model, other data
     model: str = ""
     site_cr: float | None = None
     at_site: dict | None = None  # a results row: auroc, auroc_low, ... at the site's CR
@@ -98,12 +98,44 @@ def guideline_verdict(max_cr: float, guidelines: list[Guideline], key: str | Non
     return status, f"max CR {max_cr:.1f}: " + ", ".join(parts)
 
 
-def model_verdict(results: dict | None, model: dict | None, site_cr: float | None) -> ModelVerdict:
+def read_results(path: Path) -> dict:
+    """The results.json of a `dicomcr cv --cross` results folder (or the file itself);
+    ValueError saying why when it cannot be read or is not one."""
+    path = Path(path)
+    file = path / "results.json" if path.is_dir() else path
+    try:
+        document = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--results {path}: no such folder or file"
+                         if not path.exists() else
+                         f"--results {path}: no results.json (a folder written by dicomcr cv?)"
+                         ) from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--results {file}: not readable ({exc})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("meta"), dict) or \
+            not isinstance(document.get("rows"), list):
+        raise ValueError(f"--results {file}: not a results.json of dicomcr cv (no meta and rows)")
+    return document
+
+
+def same_data(results: dict, model: dict) -> bool:
+    """The results come from the data the deployed model was trained on: cv on the same breasts
+    (the data fingerprints match), or that very model tested on held-out data (the results name
+    its training data's fingerprint as `model_data_fingerprint`)."""
+    meta, trained = results.get("meta", {}), model.get("data_fingerprint")
+    return bool(trained) and trained in (meta.get("data_fingerprint"),
+                                         meta.get("model_data_fingerprint"))
+
+
+def model_verdict(results: dict | None, model: dict | None, site_cr: float | None,
+                  site_data: bool = False) -> ModelVerdict:
     """OK, degraded (the CI at the site's CR lies wholly below CR 1's) or not validated; a note
-    says so when the model is no better than chance even at CR 1.
+    says so when the model is no better than chance even at CR 1. "other data" when the results
+    come from other data than the model's (`same_data`), unless `site_data`: the user says they
+    are the site's data.
 
     `results`: a results.json of `dicomcr cv --cross`; `model`: the deployed model's metadata
-    (architecture, trained_crs, preprocessing)."""
+    (architecture, trained_crs, preprocessing, data_fingerprint)."""
     if results is None or model is None:
         return ModelVerdict("no results", note="no --results or no deployed model to judge")
     from ..experiments.cv import model_name
@@ -115,6 +147,12 @@ def model_verdict(results: dict | None, model: dict | None, site_cr: float | Non
         return ModelVerdict("other model", name, note=(
             f"the results are for {meta.get('architecture')} with other preprocessing or "
             f"architecture than the deployed {model.get('architecture')}"))
+    if not site_data and not same_data(results, model):
+        return ModelVerdict("other data", name, note=(
+            f"the results are for other data: {meta.get('data') or '?'}, fingerprint "
+            f"{meta.get('data_fingerprint') or 'not recorded'}; the deployed {name} was trained "
+            f"on {model.get('data_fingerprint') or 'data not recorded'} (--same-data if the "
+            "results are this site's data)"))
     curve = sorted((r for r in results.get("rows", []) if r.get("model") == name),
                    key=lambda r: r["test_cr"])
     if not curve:
@@ -210,9 +248,10 @@ def folder_images(folders: list[Path], site_map: Path | None
 
 def audit_sites(files: dict[str, list[Path]], configured: dict[str, str | None],
                 guidelines: list[Guideline], guideline_key: dict[str, str | None],
-                results: dict | None, models: dict[str, dict | None]) -> list[SiteAudit]:
+                results: dict | None, models: dict[str, dict | None],
+                site_data: bool = False) -> list[SiteAudit]:
     """Every site's audit. `configured`: the node's CR per site; `models`: each site's deployed
-    model metadata."""
+    model metadata; `site_data`: the results are the sites' data whatever their fingerprint."""
     facts: dict[str, list[ImageFacts]] = {}
     audits = {}
     for site in sorted(set(files) | set(configured)):
@@ -241,7 +280,7 @@ def audit_sites(files: dict[str, list[Path]], configured: dict[str, str | None],
                 summary[2], guidelines, guideline_key.get(site))
         lossy = [f.achieved_cr for f in items if f.lossy]
         site_cr = _site_cr(audit.configured_cr, lossy)
-        audit.model = model_verdict(results, models.get(site), site_cr)
+        audit.model = model_verdict(results, models.get(site), site_cr, site_data)
     return list(audits.values())
 
 

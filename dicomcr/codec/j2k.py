@@ -23,7 +23,7 @@ PAPER_LADDER: tuple[int, ...] = (15, 20, 25, 50, 100, 500, 1000, 5000, 10000, 11
 PAPER_CRS: tuple[float, ...] = (1.0, *map(float, PAPER_LADDER))  # the paper's table: 1 + ten lossy
 CRS_SYNTAX = "CRs are 'paper' (1 and the paper's ten lossy CRs), '1,20,1000' or a range '1-11000'"
 TOLERANCE = 0.02  # the achieved CR is within 2 % of the target
-MIN_CODESTREAM_BYTES = 256  # below this a target CR is absurd: headers alone take ~100 bytes
+MIN_CODESTREAM_BYTES = 256  # below this a target CR is out of reach: headers alone take ~100 bytes
 LOSSLESS_PSNR = 100.0  # the paper's label for a perfect reconstruction
 
 
@@ -112,20 +112,39 @@ def parse_crs(values: Sequence[str]) -> list[float]:
     return sorted(set(crs))
 
 
+def highest_ratio(raw_bytes: int) -> int:
+    """The highest CR an image of `raw_bytes` uncompressed bytes can be written at: its
+    codestream keeps at least MIN_CODESTREAM_BYTES."""
+    return raw_bytes // MIN_CODESTREAM_BYTES
+
+
+def target_problems(targets: Sequence[float], raw_bytes: int) -> dict[float, str]:
+    """{target: why it cannot be made} for the targets an image of `raw_bytes` cannot reach
+    (not above 1, or beyond `highest_ratio`); each target is judged on its own."""
+    problems: dict[float, str] = {}
+    for target in targets:
+        try:
+            cr = check_ratio(target)
+        except ValueError as exc:
+            problems[float(target)] = str(exc)
+            continue
+        if cr > highest_ratio(raw_bytes):
+            problems[cr] = (
+                f"compression ratio {cr:g} is out of reach for this image: its {raw_bytes} bytes "
+                f"would become {raw_bytes / cr:.0f}, below the {MIN_CODESTREAM_BYTES} bytes of a "
+                f"minimal codestream (highest possible here: {highest_ratio(raw_bytes)})")
+    return problems
+
+
 def check_targets(targets: Sequence[float], raw_bytes: int) -> list[float]:
-    """Validate target CRs for an image of `raw_bytes`; return them sorted, highest first."""
+    """Validate target CRs for an image of `raw_bytes`; return them sorted, highest first.
+    ValueError names the first target that cannot be made (`target_problems` judges each)."""
     if not targets:
         raise ValueError("no target compression ratio given")
-    checked = set()
-    for cr in map(check_ratio, targets):
-        if raw_bytes / cr < MIN_CODESTREAM_BYTES:
-            raise ValueError(
-                f"compression ratio {cr:g} is absurd for this image: {raw_bytes} bytes would "
-                f"become {raw_bytes / cr:.0f}, below the {MIN_CODESTREAM_BYTES} bytes of a "
-                f"minimal codestream (highest possible here: {raw_bytes // MIN_CODESTREAM_BYTES})"
-            )
-        checked.add(cr)
-    return sorted(checked, reverse=True)
+    problems = target_problems(targets, raw_bytes)
+    if problems:
+        raise ValueError(next(iter(problems.values())))
+    return sorted({float(cr) for cr in targets}, reverse=True)
 
 
 def _pixels_for_codec(pixels: np.ndarray, bits_stored: int) -> np.ndarray:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.errors import InvalidDicomError
 
-from ..codec.j2k import decode, encode_ladder
+from ..codec.j2k import MIN_CODESTREAM_BYTES, decode, encode_ladder, highest_ratio
 from ..dicom.source import read_source
 from .dataset import Breast
 from .preprocess import Preprocessing, breast_input, normalise_image, resize_and_crop
@@ -97,6 +98,45 @@ def view_crops(breasts: list[Breast], crs: list[float], p: Preprocessing, cache:
                 if progress:
                     progress(done, len(todo))
     return files
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Which CRs asked every view of a dataset can be compressed at (`kept`) and which not
+    (`skipped`), `highest` the highest CR every view reaches, `views` the views' reach in words."""
+
+    kept: tuple[float, ...]
+    skipped: tuple[float, ...]
+    highest: int | None  # None: no view's size could be read (preprocessing will say why)
+    views: str
+
+
+def _raw_bytes(path: Path) -> int | None:
+    """Rows x Columns x Samples x BitsAllocated / 8 from the header, or None if unreadable."""
+    try:
+        h = pydicom.dcmread(path, stop_before_pixels=True,
+                            specific_tags=["Rows", "Columns", "SamplesPerPixel", "BitsAllocated"])
+        return int(h.Rows) * int(h.Columns) * int(h.get("SamplesPerPixel", 1)) * \
+            int(h.BitsAllocated) // 8
+    except (OSError, ValueError, TypeError, AttributeError, InvalidDicomError):
+        return None
+
+
+def cr_reach(breasts: list[Breast], crs: list[float]) -> Reach:
+    """Which of `crs` every view of `breasts` can be written at (a codestream keeps at least
+    MIN_CODESTREAM_BYTES, so small images cannot reach the highest CRs), from the headers."""
+    reach: dict[int, int] = {}  # the highest CR of a view: how many views have it
+    for path in {p for b in breasts for p in (b.cc, b.mlo)}:
+        raw = _raw_bytes(path)
+        if raw is not None:
+            reach[highest_ratio(raw)] = reach.get(highest_ratio(raw), 0) + 1
+    if not reach:
+        return Reach(tuple(crs), (), None, "no view's size could be read")
+    highest = min(reach)
+    views = ", ".join(f"{n} view(s) reach at most CR {h}" for h, n in sorted(reach.items()))
+    return Reach(tuple(c for c in crs if c == 1.0 or c <= highest),
+                 tuple(c for c in crs if c != 1.0 and c > highest), highest,
+                 f"{views}; a codestream keeps at least {MIN_CODESTREAM_BYTES} bytes")
 
 
 @dataclass(frozen=True, eq=False)

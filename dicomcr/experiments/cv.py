@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -408,22 +408,29 @@ def _write_csv(path: Path, records: list) -> None:
             writer.writerow([_cell(k, v) for k, v in asdict(record).items()])
 
 
+TABLES = ("results.csv", "results.json", "predictions.csv", "findings.csv", "saliency.csv")
+
+
 def write_tables(root: Path, rows: list[Row], results: list[FoldResult], meta: dict,
                  saliency: list | None = None, findings: list[FindingRow] | None = None,
-                 finding_of: Mapping[str, str | None] | None = None) -> None:
+                 finding_of: Mapping[str, str | None] | None = None,
+                 figures: Sequence[Path] = ()) -> list[Path]:
     """RESULTS/results.csv and results.json (the rows and the run's parameters), and
     predictions.csv (every out-of-fold probability, with the breast's finding when known);
     saliency.csv when Grad-CAM was scored; findings.csv with the per-finding rows (results.json
-    holds them too, or `findings_note` saying why there are none)."""
+    holds them too, or `findings_note` saying why there are none). results.json's `files` names
+    every file of the run, `figures` (already drawn) included, so that a reader tells them from
+    files another run left. Returns the paths written."""
     import csv
 
     root.mkdir(parents=True, exist_ok=True)
     finding_of = finding_of or {}
+    written = [root / "results.csv", root / "predictions.csv",
+               *([root / "findings.csv"] if findings else []),
+               *([root / "saliency.csv"] if saliency else []), root / "results.json"]
     _write_csv(root / "results.csv", rows)
     if findings:
         _write_csv(root / "findings.csv", findings)
-    else:
-        (root / "findings.csv").unlink(missing_ok=True)  # not a stale one from an earlier run
     folds = {r.model: {} for r in results}
     for r in results:
         folds[r.model][str(r.fold)] = {"best_epoch": r.best_epoch,
@@ -432,13 +439,13 @@ def write_tables(root: Path, rows: list[Row], results: list[FoldResult], meta: d
     document = {"meta": meta, "rows": [asdict(r) for r in rows], "folds": folds,
                 "saliency": [asdict(r) for r in saliency or []],
                 "findings": [asdict(r) for r in findings or []],
-                "findings_note": findings_note(findings or [], finding_of)}
+                "findings_note": findings_note(findings or [], finding_of),
+                "files": sorted(p.name for p in (*written, *figures))}
     if saliency:
         with open(root / "saliency.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, list(asdict(saliency[0])))
             writer.writeheader()
             writer.writerows(asdict(r) for r in saliency)
-    (root / "results.json").write_text(json.dumps(document, indent=1, default=str))
     with open(root / "predictions.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(("model", "fold", "breast", "malignant", "finding", "test_cr",
@@ -448,3 +455,15 @@ def write_tables(root: Path, rows: list[Row], results: list[FoldResult], meta: d
                 for key, label, value in zip(r.keys, r.labels, probabilities, strict=True):
                     writer.writerow((r.model, r.fold, key, label, finding_of.get(key) or "", cr,
                                      repr(value)))
+    (root / "results.json").write_text(json.dumps(document, indent=1, default=str))
+    return written
+
+
+def remove_stale(root: Path, names: Sequence[str], written: Sequence[Path]) -> list[str]:
+    """Remove the files of `names` in `root` that this run did not write (an earlier run's
+    saliency.csv or fig4_augment.png would pass for this run's); return the names removed."""
+    stale = [name for name in names
+             if (root / name).is_file() and root / name not in set(written)]
+    for name in stale:
+        (root / name).unlink()
+    return stale

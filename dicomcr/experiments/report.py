@@ -20,6 +20,8 @@ CROSS_AUROC = "table2_auroc.png"
 CROSS_AUPRC = "table2_auprc.png"
 FIG4 = "fig4_augment.png"
 FINDINGS = "fig_findings.png"
+FIGURES = (FIG2, CROSS_AUROC, CROSS_AUPRC, FIG4, FINDINGS)
+REPORT = "report.html"  # where `dicomcr report` writes by default
 OWN_CR = "M-CRx at its own CR"
 
 
@@ -54,8 +56,6 @@ def write_figures(root: Path, plans: list[ModelPlan], rows: list[Row],
     if curves:
         findings_figure(curves, root / FINDINGS)
         written.append(root / FINDINGS)
-    else:
-        (root / FINDINGS).unlink(missing_ok=True)  # not a stale one from an earlier run
     own = {p.name: next(r for r in rows if r.model == p.name and r.test_cr == p.train_crs[0])
            for p in _single(plans)}
     curves = {p.name: pooled(p, results, p.train_crs[0]) for p in _single(plans)}
@@ -129,8 +129,9 @@ def _paired_section(rows: list[Row]) -> list[str]:
     return parts
 
 
-def _findings_section(root: Path, findings: list[FindingRow], note: str) -> list[str]:
-    """The AUROC per malignant finding type, as a table and a figure, or why there is none."""
+def _findings_section(root: Path | None, findings: list[FindingRow], note: str) -> list[str]:
+    """The AUROC per malignant finding type, as a table and the figure in `root` (None: this
+    run drew none), or why there is none."""
     parts = ["<h2>Per finding type: what compression erases</h2>"]
     if not findings:
         return [*parts, f"<p>{html.escape(note or 'no per-finding rows in these results')}</p>"]
@@ -144,7 +145,7 @@ def _findings_section(root: Path, findings: list[FindingRow], note: str) -> list
     parts.append(_table(["model", "finding (malignant)", *(cr_short(c) for c in crs)],
                         [[html.escape(m), f"{html.escape(f)} ({n})",
                           *(cells.get((m, f, c), "") for c in crs)] for m, f, n in lines]))
-    if (root / FINDINGS).exists():
+    if root is not None:
         parts.append(_image(root / FINDINGS, "AUROC per finding type against the test CR"))
     return parts
 
@@ -173,7 +174,14 @@ def write_report(root: Path, target: Path) -> None:
                           ) from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise ReportError(f"{root / 'results.json'}: damaged ({exc})") from exc
+    files = document.get("files")  # this run's files; None in folders written before it
+
+    def drawn(name: str) -> bool:
+        """The figure is this run's (a file another run left there is not shown)."""
+        return (root / name).exists() and (files is None or name in files)
+
     own = [r for r in rows if r.train_crs == f"{r.test_cr:g}"]
+    skipped = meta.get("crs_skipped") or []
     parts = [f"<h1>dicomcr cross-validation: {html.escape(str(meta.get('architecture')))}</h1>",
              f"<p>Data <code>{html.escape(str(meta.get('data')))}</code> (fingerprint "
              f"{html.escape(str(meta.get('data_fingerprint')))}): {meta.get('breasts')} breasts of "
@@ -181,6 +189,9 @@ def write_report(root: Path, target: Path) -> None:
              f"{meta.get('folds')} folds split by patient. AUROC with DeLong's 95% CI and AUPRC "
              "with a bootstrap 95% CI on the pooled out-of-fold predictions; fold mean &plusmn; sd "
              "beside them.</p>",
+             *([f"<p>CR {html.escape(', '.join(f'{c:g}' for c in skipped))} skipped: out of "
+                f"reach for some of these images ({html.escape(str(meta.get('views_reach')))})."
+                "</p>"] if skipped else []),
              "<h2>Table 1: each model trained and tested at one CR</h2>",
              _table(["model", "AUROC (95% CI)", "fold mean ± sd", "AUPRC (95% CI)",
                      "fold mean ± sd", "breasts (malignant)"],
@@ -189,7 +200,7 @@ def write_report(root: Path, target: Path) -> None:
                       _ci(r.auprc, r.auprc_low, r.auprc_high),
                       f"{r.fold_auprc_mean:.3f} ± {r.fold_auprc_sd:.3f}",
                       f"{r.n} ({r.positives})"] for r in own])]
-    if (root / FIG2).exists():
+    if drawn(FIG2):
         parts += ["<h2>Figure 2: ROC and PR curves</h2>", _image(root / FIG2, "ROC and PR")]
     crs = sorted({r.test_cr for r in rows})
     models = list(dict.fromkeys(r.model for r in rows))
@@ -204,10 +215,11 @@ def write_report(root: Path, target: Path) -> None:
         for name, title in ((CROSS_AUROC, "Table 2 as a heat map (AUROC)"),
                             (CROSS_AUPRC, "Table 2 as a heat map (AUPRC)"),
                             (FIG4, "Figure 4: compression as augmentation")):
-            if (root / name).exists():
+            if drawn(name):
                 parts += [f"<h2>{title}</h2>", _image(root / name, title)]
     parts += _paired_section(rows)
-    parts += _findings_section(root, findings, document.get("findings_note", ""))
+    parts += _findings_section(root if drawn(FINDINGS) else None, findings,
+                               document.get("findings_note", ""))
     if document.get("saliency"):
         parts += ["<h2>Grad-CAM against the lesion masks</h2>",
                   "<p>Malignant breasts with a mask, each scored by its own fold's network at the "

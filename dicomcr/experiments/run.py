@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.cache import BreastInputs, breast_inputs
+from ..data.cache import BreastInputs, Reach, breast_inputs, cr_reach
 from ..data.dataset import Breast, fingerprint, read_phantom_labels
 from ..data.preprocess import Preprocessing
 from ..dicom.source import InputError
@@ -30,7 +30,7 @@ from ..models.resnet18 import imagenet_weights_path
 from ..outputs import output_file, output_folder
 from . import cv as cvlib
 from .metrics import Estimate, auroc_delong
-from .report import write_figures
+from .report import FIGURES, REPORT, write_figures
 from .saliency import SaliencyRow, cv_saliency, input_mask
 from .splits import split_patients
 from .train import Samples, TrainOptions, operating_threshold, predict, train_model
@@ -93,6 +93,28 @@ def _builder(architecture: str, weights: Path | None, input_size: tuple[int, int
     return build, plain.as_dict()
 
 
+def reachable(breasts: list[Breast], crs: list[float], events: Events | None = None) -> Reach:
+    """The CRs of `crs` that every view of `breasts` can be compressed at (`Reach.kept`).
+
+    A CR out of reach for any view (small images cannot reach the highest CRs) is skipped for
+    the whole dataset, with one line to the user: kept for the larger views only, it would train
+    and test the models on other breasts at that CR than at the others, and the paired tests
+    compare the same breasts. ValueError, naming the highest CR every view reaches, when no CR
+    asked remains."""
+    reach = cr_reach(breasts, crs)
+    if reach.skipped:
+        named = ", ".join(f"{c:g}" for c in reach.skipped)
+        if not reach.kept:
+            raise ValueError(f"CR {named} is out of reach for this dataset's images: the highest "
+                             f"CR every view reaches is {reach.highest} ({reach.views})")
+        (events or Events()).say(
+            f"CR {named} skipped: out of reach for some of this dataset's images; the highest "
+            f"CR every view reaches is {reach.highest} ({reach.views}). A CR is used only when "
+            "every view reaches it, so that all models see the same breasts; going on with CR "
+            + ", ".join(f"{c:g}" for c in reach.kept) + ".")
+    return reach
+
+
 def preprocess(breasts: list[Breast], crs: list[float], preprocessing: Preprocessing,
                cache: Path, workers: int = 1, events: Events | None = None) -> BreastInputs:
     """The breasts' inputs at every CR (cached), with a readable error when an image fails."""
@@ -131,6 +153,7 @@ def train_classifier(breasts: list[Breast], crs: list[float], out: Path, cache: 
     train_ids, val_ids, test_ids = split_patients([b.patient_id for b in breasts],
                                                   labels.tolist(), options.seed)
     output_file(out)  # a bad path is said now, not after training
+    crs = list(reachable(breasts, crs, events).kept)
     inputs = preprocess(breasts, crs, preprocessing, cache, workers, events)
     p = inputs.preprocessing
     build, spec = _builder(architecture, weights, p.model_input)
@@ -203,6 +226,8 @@ def run_cv(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *, f
     `train_classifier`; `source` names the data in results.json."""
     network, options = network or Network(), options or TrainOptions()
     preprocessing, events = preprocessing or Preprocessing(), events or Events()
+    reach = reachable(breasts, crs, events)
+    crs = list(reach.kept)
     plans = cvlib.plan_models(crs, cross, augment)
     architecture, weights = _network(network, events)
     patient_of = [b.patient_id for b in breasts]
@@ -257,7 +282,8 @@ def run_cv(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *, f
         raise ValueError(f"the metrics cannot be computed: {exc}") from exc
     meta = {"data": source, "data_fingerprint": data_id, "architecture": architecture,
             "spec": spec, "preprocessing": p.as_dict(), "options": asdict(options),
-            "folds": folds, "crs": list(crs), "cross": cross, "augment": augment,
+            "folds": folds, "crs": list(crs), "crs_skipped": list(reach.skipped),
+            "views_reach": reach.views, "cross": cross, "augment": augment,
             "breasts": len(breasts), "patients": len(set(patient_of)),
             "malignant": int(labels.sum())}
     scored = None
@@ -270,9 +296,12 @@ def run_cv(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *, f
                                  f"{results_dir.root / 'folds' / model} to train it again") from exc
 
         scored = cv_saliency(plans, results, [b.key for b in breasts], inputs.arrays, masks, load)
-    cvlib.write_tables(out, rows, results, meta, scored, findings, finding_of)
     figures = write_figures(out, plans, rows, results, findings)
-    tables = ["results.csv", "results.json", "predictions.csv", *(["findings.csv"] * bool(findings))]
-    written = [*(out / name for name in tables), *figures]
+    written = [*cvlib.write_tables(out, rows, results, meta, scored, findings, finding_of,
+                                   figures), *figures]
+    stale = cvlib.remove_stale(out, [*cvlib.TABLES, *FIGURES, REPORT], written)
+    if stale:
+        events.say(f"removed from {out}, left by an earlier run and not part of this one: "
+                   f"{', '.join(stale)} (its finished folds stay in {out / 'folds'} for reuse)")
     return CVRun(plans, results, rows, findings, cvlib.findings_note(findings, finding_of), scored,
                  meta, written, reused)
