@@ -79,15 +79,10 @@ def _train_model(folder: Path, step: Step, train_studies: int, epochs: int) -> P
 
 def _test_model(folder: Path, model: Path, step: Step, studies: int) -> Path:
     """The model at CR 1 and at each site's CR on held-out phantom studies (another seed than
-    the training cohort's), written as a `dicomcr cv --cross` results folder with one fold: the
-    whole held-out cohort. The audit reads it for its model verdicts."""
-    import torch
-
-    from dicomcr.data.cache import breast_inputs
-    from dicomcr.data.dataset import fingerprint, load_dataset
-    from dicomcr.data.preprocess import Preprocessing
-    from dicomcr.experiments import cv as cvlib
-    from dicomcr.experiments.train import predict
+    the training cohort's), as the results folder the audit reads for its model verdicts."""
+    from dicomcr.data.dataset import load_dataset
+    from dicomcr.experiments.cv import model_name
+    from dicomcr.experiments.run import evaluate_held_out
     from dicomcr.models.modelfile import load_model
     from dicomcr.phantom import CohortSpec, write_cohort
 
@@ -99,37 +94,12 @@ def _test_model(folder: Path, model: Path, step: Step, studies: int) -> Path:
             write_cohort(CohortSpec(n_studies=studies, seed=13, size="small"), cohort, workers=2,
                          force=True)
         breasts = load_dataset(cohort).breasts
-    network, info = load_model(model)
     crs = sorted({1.0, *(cr for _, _, cr in SITES)})
-    plan = cvlib.ModelPlan(cvlib.model_name(tuple(info.trained_crs)), tuple(info.trained_crs),
-                           tuple(crs))
-    labels = tuple(b.malignant for b in breasts)
-    with step(f"test: {plan.name} at CR {', '.join(f'{c:g}' for c in crs)} on {len(breasts)} "
+    name = model_name(tuple(load_model(model)[1].trained_crs))
+    with step(f"test: {name} at CR {', '.join(f'{c:g}' for c in crs)} on {len(breasts)} "
               "held-out breasts"):
-        inputs = breast_inputs(breasts, crs, Preprocessing.from_dict(info.preprocessing),
-                               cohort / ".dicomcr-cache", workers=2)
-        tested = cvlib.FoldResult(
-            model=plan.name, fold=0, keys=tuple(b.key for b in breasts), labels=labels,
-            probabilities={f"{c:g}": predict(network, inputs[c], torch.device("cpu")).tolist()
-                           for c in crs},
-            best_epoch=int(info.validation.get("best_epoch", 0)),
-            validation_auroc=float(info.validation.get("val_auroc", float("nan"))),
-            threshold=info.threshold, threshold_rule=info.validation.get("threshold_rule", ""),
-            history=[], identity="held-out")
-        rows = cvlib.summarise([plan], [tested], seed=0)
-        finding_of = {b.key: b.finding.value if b.finding else None for b in breasts}
-        findings = cvlib.summarise_findings([plan], [tested], finding_of)
-    out = folder / "results"
-    cvlib.write_tables(out, rows, [tested], {
-        "data": str(cohort), "data_fingerprint": fingerprint(breasts),
-        "architecture": info.architecture, "spec": info.spec,
-        "preprocessing": info.preprocessing, "crs": crs, "cross": True, "augment": False,
-        "folds": 1, "breasts": len(breasts), "patients": len({b.patient_id for b in breasts}),
-        "malignant": sum(labels), "model": str(model),
-        "model_data_fingerprint": info.data_fingerprint,
-        "evaluation": "the deployed model file, tested once on held-out studies (no folds)"},
-        findings=findings, finding_of=finding_of)
-    return out
+        return evaluate_held_out(model, breasts, crs, folder / "results", cohort / ".dicomcr-cache",
+                             source=str(cohort), workers=2)
 
 
 def _config(folder: Path, model: Path, destination: dict) -> Config:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.dataset import Finding
+from ..data.dataset import Breast, Finding
 from .metrics import auprc_bootstrap, auroc_by_group, auroc_delong, delong_paired
 from .splits import patient_labels, require_patients
 from .train import Samples, TrainOptions, operating_threshold, predict, train_model
@@ -306,6 +306,11 @@ class FindingRow:
     auroc: float
     auroc_low: float
     auroc_high: float
+
+
+def findings_of(breasts: list[Breast]) -> dict[str, str | None]:
+    """Breast key -> its `Finding` value (None when the data say nothing), as the tables take it."""
+    return {b.key: b.finding.value if b.finding else None for b in breasts}
 
 
 def summarise_findings(plans: list[ModelPlan], results: list[FoldResult],

@@ -199,6 +199,42 @@ def quick_model(cohort: Path, out: Path, epochs: int, cr: float = 20.0,
                             events=events)
 
 
+def evaluate_held_out(model: Path, breasts: list[Breast], crs: list[float], out: Path, cache: Path,
+                  source: str = "", workers: int = 1) -> Path:
+    """The model file `model` tested once on held-out `breasts` at every CR of `crs`, written to
+    `out` as a `dicomcr cv --cross` results folder with one fold (the whole held-out set), so that
+    `dicomcr audit --results` and `dicomcr report` read it. Returns `out`."""
+    network, info = load_model(model)
+    trained = tuple(info.trained_crs)
+    plan = cvlib.ModelPlan(cvlib.model_name(trained), trained, tuple(sorted(crs)))
+    labels = np.array([b.malignant for b in breasts])
+    inputs = breast_inputs(breasts, list(plan.test_crs),
+                           Preprocessing.from_dict(info.preprocessing), cache, workers)
+    everyone = np.arange(len(breasts))
+    tested = cvlib.FoldResult(
+        model=plan.name, fold=0, keys=tuple(b.key for b in breasts),
+        labels=tuple(int(v) for v in labels),
+        probabilities={f"{c:g}": predict(network, Samples.of(inputs.arrays, labels, everyone, [c]),
+                                         torch.device("cpu")).tolist() for c in plan.test_crs},
+        best_epoch=int(info.validation.get("best_epoch", 0)),
+        validation_auroc=float(info.validation.get("val_auroc", float("nan"))),
+        threshold=info.threshold, threshold_rule=info.validation.get("threshold_rule", ""),
+        history=[], identity="held-out")
+    rows = cvlib.summarise([plan], [tested], seed=0)
+    finding_of = cvlib.findings_of(breasts)
+    findings = cvlib.summarise_findings([plan], [tested], finding_of)
+    cvlib.write_tables(out, rows, [tested], {
+        "data": source, "data_fingerprint": fingerprint(breasts),
+        "architecture": info.architecture, "spec": info.spec,
+        "preprocessing": info.preprocessing, "crs": list(plan.test_crs), "cross": True,
+        "augment": False, "folds": 1, "breasts": len(breasts),
+        "patients": len({b.patient_id for b in breasts}), "malignant": int(labels.sum()),
+        "model": str(model), "model_data_fingerprint": info.data_fingerprint,
+        "evaluation": "the deployed model file, tested once on held-out studies (no folds)"},
+        findings=findings, finding_of=finding_of)
+    return out
+
+
 @dataclass(frozen=True)
 class CVRun:
     """What `run_cv` produced: `rows` carry the paired tests; `findings` the AUROC per malignant
@@ -274,7 +310,7 @@ def run_cv(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *, f
                                        results_dir, on_fold, events.epoch, on_model)
     except ValueError as exc:
         raise ValueError(f"training failed: {exc}") from exc
-    finding_of = {b.key: b.finding.value if b.finding else None for b in breasts}
+    finding_of = cvlib.findings_of(breasts)
     try:
         rows = cvlib.summarise(plans, results, options.seed)
         findings = cvlib.summarise_findings(plans, results, finding_of)
