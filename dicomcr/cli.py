@@ -128,6 +128,8 @@ def transcode(
     lossless: Annotated[bool, typer.Option("--lossless", help="Also write JPEG 2000 lossless.")
                         ] = False,
     workers: Annotated[int, typer.Option(help="Processes; default: all cores.")] = 0,
+    psnr: Annotated[bool, typer.Option("--psnr", help="Also measure each output's PSNR (the "
+                                       "paper's Eq. 1; decodes every output).")] = False,
 ) -> None:
     """Rewrite images as JPEG 2000 at exact compression ratios, with the derived-image bookkeeping."""
     from concurrent.futures import ProcessPoolExecutor
@@ -162,7 +164,7 @@ def transcode(
     rows = []
     with _progress("transcode", "files") as bar, ProcessPoolExecutor(workers) as pool:
         task = bar.add_task("transcode", total=len(inputs))
-        jobs = [pool.submit(transcode_file, path, out, relative, targets, lossless)
+        jobs = [pool.submit(transcode_file, path, out, relative, targets, lossless, psnr=psnr)
                 for path, relative in inputs]
         for job in jobs:
             rows += job.result()
@@ -170,15 +172,19 @@ def transcode(
     write_manifest(rows, out / "manifest.csv")
 
     table = Table(title=f"Transcoded {len(inputs)} file(s) into {out}")
-    for name in ("file", "target CR", "achieved CR", "PSNR dB", "status"):
+    columns = ("file", "target CR", "achieved CR", *(("PSNR dB",) if psnr else ()), "status")
+    for name in columns:
         table.add_column(name, overflow="fold")
     for row in rows[:200]:
-        status = "ok" if row.status == "ok" else f"[red]failed: {row.error}[/]"
-        table.add_row(row.source, row.target, row.achieved_cr, row.psnr_db, status)
+        line = row.to_manifest()
+        status = "ok" if row.ok else f"[red]failed: {row.error}[/]"
+        table.add_row(line.source, line.target, line.achieved_cr,
+                      *((line.psnr_db,) if psnr else ()), status)
     if len(rows) > 200:
-        table.add_row("…", f"{len(rows) - 200} more rows in manifest.csv", "", "", "")
+        table.add_row("…", f"{len(rows) - 200} more rows in manifest.csv",
+                      *[""] * (len(columns) - 2))
     Console().print(table)
-    bad = [row for row in rows if row.status != "ok"]
+    bad = [row for row in rows if not row.ok]
     console.print(f"manifest: {out / 'manifest.csv'}")
     if bad:
         files = len({row.source for row in bad})

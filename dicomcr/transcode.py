@@ -1,4 +1,4 @@
-"""Transcoding jobs: one input file in, one output image per target CR out, and a manifest row each.
+"""Transcoding jobs: one input file in, one output image per target CR out, and a typed row each.
 
 `transcode_file` is the unit of work of both `dicomcr transcode` and the node's worker: a pure
 function of its arguments (no state between calls), safe to run in any process, idempotent (the
@@ -29,14 +29,52 @@ LADDERS = {"paper": PAPER_LADDER}
 
 
 @dataclass(frozen=True)
+class Transcoded:
+    """One output of `transcode_file`: one target CR (or lossless) of one source file."""
+
+    source: Path
+    output: Path | None  # the file written; None when this target failed
+    target_cr: float | None  # None for lossless
+    achieved_cr: float | None  # measured on the written codestream; None when failed
+    psnr_db: float | None  # the paper's Eq. 1, only when asked for (psnr=True)
+    ok: bool
+    error: str = ""  # why it failed; "" when ok
+    seconds: float = 0.0  # the file's time shared among its outputs: rows add up to it
+
+    @property
+    def label(self) -> str:
+        """The target as the manifest and the output folder name it: "20", "11000", "lossless"."""
+        return "lossless" if self.target_cr is None else f"{self.target_cr:g}"
+
+    @property
+    def status(self) -> str:
+        """"ok" or "failed", as manifest.csv writes it (read `ok` rather than this)."""
+        return "ok" if self.ok else "failed"
+
+    @property
+    def cr_error(self) -> float | None:
+        """Achieved CR relative to the target (0.01 = 1 % above); None for lossless or failed."""
+        if self.target_cr is None or self.achieved_cr is None:
+            return None
+        return self.achieved_cr / self.target_cr - 1.0
+
+    def to_manifest(self) -> ManifestRow:
+        return ManifestRow(
+            str(self.source), "" if self.output is None else str(self.output), self.label,
+            "" if self.achieved_cr is None else f"{self.achieved_cr:.2f}",
+            "" if self.psnr_db is None else f"{self.psnr_db:.2f}", self.status, self.error,
+            f"{self.seconds:.2f}" if self.ok else "")
+
+
+@dataclass(frozen=True)
 class ManifestRow:
-    """One line of OUT/manifest.csv."""
+    """One line of OUT/manifest.csv, as written (`Transcoded.to_manifest`); nothing reads it back."""
 
     source: str
     output: str
     target: str  # "20", "11000" or "lossless"
     achieved_cr: str
-    psnr_db: str
+    psnr_db: str  # empty unless PSNR was asked for
     status: str  # "ok" or "failed"
     error: str = ""
     seconds: str = ""
@@ -54,48 +92,54 @@ def _write_atomically(ds, path: Path) -> None:
 
 def transcode_file(
     source_path: Path, out: Path, relative: Path, targets: Sequence[float], lossless: bool = False,
-) -> list[ManifestRow]:
+    *, psnr: bool = False,
+) -> list[Transcoded]:
     """Transcode one file into OUT/<cr label>/<relative>; failures become rows, never exceptions.
 
     One row per target (highest CR first, lossless last). Each target succeeds or fails on its
     own: a CR out of reach for this image fails its row with the reason, the others are written.
+    The achieved CR is always measured; PSNR only with `psnr` (it decodes every output).
     """
     start = time.perf_counter()
-    wanted = sorted({float(cr) for cr in targets}, reverse=True)
-    labels = [f"{cr:g}" for cr in wanted] + (["lossless"] if lossless else [])
+    source_path = Path(source_path)
+    wanted: list[float | None] = sorted({float(cr) for cr in targets}, reverse=True)
+    if lossless:
+        wanted.append(None)
 
-    def failed(label: str, reason: str) -> ManifestRow:
-        return ManifestRow(str(source_path), "", label, "", "", "failed", reason)
+    def failed(target: float | None, reason: str) -> Transcoded:
+        return Transcoded(source_path, None, target, None, None, False, reason)
 
     try:
         source = read_source(source_path)
     except (InputError, ValueError) as exc:
-        return [failed(label, str(exc)) for label in labels]
-    problems = target_problems(wanted, uncompressed_bytes(source.pixels, source.bits_allocated))
-    rows = {f"{cr:g}": failed(f"{cr:g}", reason) for cr, reason in problems.items()}
-    reachable = [cr for cr in wanted if f"{cr:g}" not in rows]
+        return [failed(target, str(exc)) for target in wanted]
+    lossy = [cr for cr in wanted if cr is not None]
+    problems = target_problems(lossy, uncompressed_bytes(source.pixels, source.bits_allocated))
+    rows: dict[float | None, Transcoded] = {cr: failed(cr, why) for cr, why in problems.items()}
+    reachable = [cr for cr in lossy if cr not in rows]
     encoded: list[Encoded] = []
     if reachable:
         try:
             encoded += encode_ladder(source.pixels, source.bits_stored, reachable,
-                                     source.bits_allocated)
+                                     source.bits_allocated, psnr=psnr)
         except (InputError, ValueError) as exc:
-            rows.update((f"{cr:g}", failed(f"{cr:g}", str(exc))) for cr in reachable)
+            rows.update((cr, failed(cr, str(exc))) for cr in reachable)
     if lossless:
         try:
             encoded.append(encode_lossless(source.pixels, source.bits_stored,
-                                           source.bits_allocated))
+                                           source.bits_allocated, psnr=psnr))
         except (InputError, ValueError) as exc:
-            rows["lossless"] = failed("lossless", str(exc))
-    seconds = (time.perf_counter() - start) / max(len(encoded), 1)
+            rows[None] = failed(None, str(exc))
+    written = []
     for item in encoded:
         destination = out / cr_label(item.target_cr) / relative
         _write_atomically(derive(source.dataset, item, source.lossy), destination)
-        label = "lossless" if item.lossless else f"{item.target_cr:g}"
-        rows[label] = ManifestRow(str(source_path), str(destination), label,
-                                  f"{item.achieved_cr:.2f}", f"{item.psnr_db:.2f}", "ok", "",
-                                  f"{seconds:.2f}")
-    return [rows[label] for label in labels]
+        written.append((item, destination))
+    seconds = (time.perf_counter() - start) / max(len(written), 1)
+    for item, destination in written:
+        rows[item.target_cr] = Transcoded(source_path, destination, item.target_cr,
+                                          item.achieved_cr, item.psnr_db, True, "", seconds)
+    return [rows[target] for target in wanted]
 
 
 def is_dicom_candidate(path: Path) -> bool:
@@ -116,8 +160,9 @@ def find_inputs(root: Path) -> Iterator[tuple[Path, Path]]:
             yield path, path.relative_to(root)
 
 
-def write_manifest(rows: Sequence[ManifestRow], path: Path) -> None:
+def write_manifest(rows: Sequence[Transcoded], path: Path) -> None:
+    """OUT/manifest.csv: one line per row, MANIFEST_COLUMNS (psnr_db empty unless measured)."""
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
         writer.writeheader()
-        writer.writerows(asdict(row) for row in rows)
+        writer.writerows(asdict(row.to_manifest()) for row in rows)

@@ -57,7 +57,7 @@ def test_send_a_study_stores_every_image_unchanged(small_cohort: Path, storescp:
 def test_send_compressed_output_of_the_transcoder(small_cohort: Path, storescp: StoreSCP,
                                                    tmp_path: Path) -> None:
     row = transcode_file(_study(small_cohort)[0], tmp_path / "j2k", Path("x.dcm"), [20])[0]
-    result = runner.invoke(app, ["send", row.output, "--to", storescp.address,
+    result = runner.invoke(app, ["send", str(row.output), "--to", storescp.address,
                                  "--aet", storescp.aet])
     assert result.exit_code == 0, result.output
     (received,) = list(storescp.folder.iterdir())

@@ -18,11 +18,12 @@ from pydicom.encaps import encapsulate, generate_frames
 from typer.testing import CliRunner
 
 from dicomcr.cli import app
-from dicomcr.codec.codestream import parse
-from dicomcr.codec.j2k import PAPER_LADDER, encode_ladder, psnr
+from dicomcr.codec import j2k
+from dicomcr.codec.codestream import coding_style, parse
+from dicomcr.codec.j2k import PAPER_LADDER, encode_ladder, psnr, tolerance
 from dicomcr.data.dataset import PHANTOM_DICOM, PHANTOM_MASKS
 from dicomcr.phantom import generate_study
-from dicomcr.transcode import transcode_file
+from dicomcr.transcode import Transcoded, transcode_file
 
 runner = CliRunner()
 NOT_DICOM = "not a DICOM file (no DICM preamble/header)"
@@ -45,64 +46,87 @@ def _frame(path: Path) -> bytes:
     return next(generate_frames(ds.PixelData, number_of_frames=1))
 
 
-def _one(rows):
+def _one(rows: list[Transcoded]) -> Transcoded:
     assert len(rows) == 1, rows
-    assert rows[0].status == "ok", rows[0].error
+    assert rows[0].ok, rows[0].error
     return rows[0]
 
 
 def test_output_is_a_valid_derived_lossy_image(hologic_file: Path, tmp_path: Path) -> None:
-    row = _one(transcode_file(hologic_file, tmp_path, Path("x.dcm"), [20]))
+    row = _one(transcode_file(hologic_file, tmp_path, Path("x.dcm"), [20], psnr=True))
     source = pydicom.dcmread(hologic_file)
     out = pydicom.dcmread(row.output)
-    assert row.output == str(tmp_path / "cr20" / "x.dcm")
+    assert row.output == tmp_path / "cr20" / "x.dcm"
+    assert (row.source, row.target_cr, row.label, row.error) == (hologic_file, 20.0, "20", "")
+    assert row.seconds > 0
     assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.91"
     assert out.SOPInstanceUID != source.SOPInstanceUID
     assert out.SeriesInstanceUID != source.SeriesInstanceUID
     assert out.StudyInstanceUID == source.StudyInstanceUID and out.PatientID == source.PatientID
     assert out.ImageType[0] == "DERIVED"
     assert out.LossyImageCompression == "01"
-    assert float(out.LossyImageCompressionRatio) == pytest.approx(float(row.achieved_cr), abs=0.01)
+    assert float(out.LossyImageCompressionRatio) == pytest.approx(row.achieved_cr, abs=0.01)
     assert out.LossyImageCompressionMethod == "ISO_15444_1"
-    assert "20" in out.DerivationDescription
+    assert "20" in out.DerivationDescription and f"PSNR {row.psnr_db:.2f} dB" in \
+        out.DerivationDescription
     reference = out.SourceImageSequence[0]
     assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert reference.PurposeOfReferenceCodeSequence[0].CodeValue == "121320"
-    frame = _frame(Path(row.output))
+    frame = _frame(row.output)
     raw = source.Rows * source.Columns * 2
     assert raw / len(frame) == pytest.approx(20, rel=0.02)
     decoded = out.pixel_array
-    assert psnr(source.pixel_array, decoded) == pytest.approx(float(row.psnr_db), abs=0.01)
-    errors, _ = dciodvfy(Path(row.output))
+    assert psnr(source.pixel_array, decoded) == pytest.approx(row.psnr_db, abs=0.01)
+    errors, _ = dciodvfy(row.output)
     assert errors == []
+
+
+def test_psnr_only_on_request(hologic_file: Path, tmp_path: Path, monkeypatch) -> None:
+    """Without psnr nothing is decoded (the node never pays for it); the CR is still measured."""
+    def no_decode(codestream: bytes):
+        raise AssertionError("decoded without psnr=True")
+
+    monkeypatch.setattr(j2k, "decode", no_decode)
+    rows = transcode_file(hologic_file, tmp_path, Path("x.dcm"), [20, 1000], lossless=True)
+    assert [(r.label, r.ok, r.psnr_db) for r in rows] == [
+        ("1000", True, None), ("20", True, None), ("lossless", True, None)]
+    for row in rows[:2]:
+        frame = _frame(row.output)
+        assert row.achieved_cr == pytest.approx(row.target_cr, rel=0.02)
+        assert row.achieved_cr == pytest.approx(2 * 832 * 1024 / len(frame.rstrip(b"\0")), rel=1e-3)
+        description = pydicom.dcmread(row.output).DerivationDescription
+        assert "PSNR" not in description and f"{row.achieved_cr:.2f}:1" in description
+    manifest = rows[0].to_manifest()
+    assert (manifest.target, manifest.psnr_db, manifest.status) == ("1000", "", "ok")
+    assert manifest.achieved_cr == f"{rows[0].achieved_cr:.2f}"
 
 
 def test_same_input_same_output_bytes(hologic_file: Path, tmp_path: Path) -> None:
     a = _one(transcode_file(hologic_file, tmp_path / "a", Path("x.dcm"), [100]))
     b = _one(transcode_file(hologic_file, tmp_path / "b", Path("x.dcm"), [100]))
-    assert hashlib.sha256(Path(a.output).read_bytes()).digest() == \
-        hashlib.sha256(Path(b.output).read_bytes()).digest()
+    assert hashlib.sha256(a.output.read_bytes()).digest() == \
+        hashlib.sha256(b.output.read_bytes()).digest()
 
 
 def test_independent_decoders_agree_with_pydicom(ge_file: Path, tmp_path: Path) -> None:
     """GDCM (gdcmconv --raw) and OpenJPEG's opj_decompress give pydicom's pixels, MONOCHROME1 too."""
     gdcmconv, opj = require("gdcmconv"), require("opj_decompress")
     rows = transcode_file(ge_file, tmp_path, Path("g.dcm"), [50, 1000])
-    assert [r.status for r in rows] == ["ok", "ok"]
+    assert [r.ok for r in rows] == [True, True]
     for row in rows:
         ours = pydicom.dcmread(row.output)
         assert ours.PhotometricInterpretation == pydicom.dcmread(ge_file).PhotometricInterpretation
-        raw = tmp_path / f"raw{row.target}.dcm"
-        subprocess.run([gdcmconv, "--raw", row.output, str(raw)], check=True, timeout=60)
+        raw = tmp_path / f"raw{row.label}.dcm"
+        subprocess.run([gdcmconv, "--raw", str(row.output), str(raw)], check=True, timeout=60)
         np.testing.assert_array_equal(pydicom.dcmread(raw).pixel_array, ours.pixel_array)
-        stream = tmp_path / f"c{row.target}.j2k"
-        stream.write_bytes(_frame(Path(row.output)).rstrip(b"\x00") or b"")
-        decoded = tmp_path / f"c{row.target}.rawl"  # raw little-endian samples
+        stream = tmp_path / f"c{row.label}.j2k"
+        stream.write_bytes(_frame(row.output).rstrip(b"\x00") or b"")
+        decoded = tmp_path / f"c{row.label}.rawl"  # raw little-endian samples
         subprocess.run([opj, "-i", str(stream), "-o", str(decoded)], check=True, timeout=60,
                        capture_output=True)
         samples = np.frombuffer(decoded.read_bytes(), dtype="<u2").reshape(ours.pixel_array.shape)
         np.testing.assert_array_equal(samples, ours.pixel_array)
-        errors, _ = dciodvfy(Path(row.output))
+        errors, _ = dciodvfy(row.output)
         assert errors == []
 
 
@@ -148,11 +172,13 @@ def test_every_lossless_input_syntax(syntax: str, hologic_file: Path, tmp_path: 
         _convert(hologic_file, path, *LOSSLESS_INPUTS[syntax])
     original = pydicom.dcmread(hologic_file).pixel_array
     np.testing.assert_array_equal(pydicom.dcmread(path).pixel_array, original)  # input is right
-    row = _one(transcode_file(path, tmp_path / "out", Path("x.dcm"), [25]))
+    row = _one(transcode_file(path, tmp_path / "out", Path("x.dcm"), [25], psnr=True))
     out = pydicom.dcmread(row.output)
-    assert float(row.achieved_cr) == pytest.approx(25, rel=0.02)
-    assert psnr(original, out.pixel_array) == pytest.approx(float(row.psnr_db), abs=0.01)
-    assert out.LossyImageCompressionRatio == row.achieved_cr  # a lossless input: one value
+    assert row.achieved_cr == pytest.approx(25, rel=0.02)
+    assert psnr(original, out.pixel_array) == pytest.approx(row.psnr_db, abs=0.01)
+    ratio = out.LossyImageCompressionRatio  # a lossless input: one value
+    assert not isinstance(ratio, pydicom.multival.MultiValue)
+    assert float(ratio) == pytest.approx(row.achieved_cr, abs=0.01)
 
 
 def test_already_lossy_input_appends_its_history(hologic_file: Path, tmp_path: Path) -> None:
@@ -161,13 +187,13 @@ def test_already_lossy_input_appends_its_history(hologic_file: Path, tmp_path: P
     first = _one(transcode_file(lossy, tmp_path / "a", Path("x.dcm"), [20]))
     once = pydicom.dcmread(first.output)
     assert once.SourceImageSequence[0].PurposeOfReferenceCodeSequence[0].CodeValue == "121330"
-    second = _one(transcode_file(Path(first.output), tmp_path / "b", Path("x.dcm"), [100]))
+    second = _one(transcode_file(first.output, tmp_path / "b", Path("x.dcm"), [100]))
     twice = pydicom.dcmread(second.output)
     assert len(twice.LossyImageCompressionRatio) == len(once.LossyImageCompressionRatio) + 1
     assert float(twice.LossyImageCompressionRatio[-1]) == pytest.approx(100, rel=0.02)
     assert list(twice.LossyImageCompressionMethod)[-2:] == ["ISO_15444_1", "ISO_15444_1"]
     assert twice.SourceImageSequence[0].ReferencedSOPInstanceUID == once.SOPInstanceUID
-    errors, _ = dciodvfy(Path(second.output))
+    errors, _ = dciodvfy(second.output)
     assert errors == []
 
 
@@ -197,13 +223,14 @@ def test_signed_and_16_bit_inputs(variant: str, hologic_file: Path, tmp_path: Pa
 
 
 def test_lossless_output_keeps_the_image_identity(ge_file: Path, tmp_path: Path) -> None:
-    row = _one(transcode_file(ge_file, tmp_path, Path("x.dcm"), [], lossless=True))
+    row = _one(transcode_file(ge_file, tmp_path, Path("x.dcm"), [], lossless=True, psnr=True))
     source, out = pydicom.dcmread(ge_file), pydicom.dcmread(row.output)
     assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
     assert out.SOPInstanceUID == source.SOPInstanceUID
-    assert row.psnr_db == "100.00"
+    assert (row.label, row.target_cr, row.psnr_db) == ("lossless", None, 100.0)
+    assert row.to_manifest().psnr_db == "100.00"
     np.testing.assert_array_equal(out.pixel_array, source.pixel_array)
-    errors, _ = dciodvfy(Path(row.output))
+    errors, _ = dciodvfy(row.output)
     assert errors == []
 
 
@@ -236,13 +263,15 @@ def test_a_file_that_is_not_dicom_is_said_so_in_the_users_words(tmp_path: Path) 
     path = tmp_path / "notes.dcm"
     path.write_text("not an image")
     rows = transcode_file(path, tmp_path / "out", Path(path.name), [20])
-    assert [(r.status, r.error) for r in rows] == [("failed", NOT_DICOM)]
+    assert [(r.ok, r.error, r.output, r.achieved_cr) for r in rows] == [
+        (False, NOT_DICOM, None, None)]
+    assert rows[0].to_manifest().status == "failed"
 
 
 def test_bad_inputs_fail_with_a_reason(hologic_file: Path, tmp_path: Path) -> None:
     for name, (path, reason) in _broken_inputs(hologic_file, tmp_path).items():
         rows = transcode_file(path, tmp_path / "out", Path(path.name), [20])
-        assert [r.status for r in rows] == ["failed"], name
+        assert [r.ok for r in rows] == [False], name
         assert reason in rows[0].error, (name, rows[0].error)
     assert not list((tmp_path / "out").rglob("*.dcm"))  # nothing half-written
 
@@ -250,20 +279,20 @@ def test_bad_inputs_fail_with_a_reason(hologic_file: Path, tmp_path: Path) -> No
 @pytest.mark.parametrize(("cr", "reason"), [(1, "> 1"), (0.5, "> 1"), (1e7, "out of reach")])
 def test_impossible_ratios_fail_with_a_reason(cr, reason, hologic_file: Path, tmp_path: Path):
     rows = transcode_file(hologic_file, tmp_path, Path("x.dcm"), [cr])
-    assert rows[0].status == "failed" and reason in rows[0].error
+    assert not rows[0].ok and reason in rows[0].error
 
 
 def test_each_target_succeeds_or_fails_on_its_own(ge_file: Path, tmp_path: Path) -> None:
     """A small GE view (478 x 574, 548744 bytes) reaches CR 2143 at most: the CRs above fail
     with their own reason, every other CR is written (issue 16, item 8)."""
     rows = transcode_file(ge_file, tmp_path, Path("x.dcm"), [20, 5000])
-    assert [(r.target, r.status) for r in rows] == [("5000", "failed"), ("20", "ok")]
+    assert [(r.label, r.ok) for r in rows] == [("5000", False), ("20", True)]
     assert rows[0].error == ("compression ratio 5000 is out of reach for this image: its 548744 "
                              "bytes would become 110, below the 256 bytes of a minimal "
                              "codestream (highest possible here: 2143)")
     assert (tmp_path / "cr20" / "x.dcm").is_file() and not (tmp_path / "cr5000").exists()
     both = transcode_file(ge_file, tmp_path / "b", Path("x.dcm"), [11000], lossless=True)
-    assert [(r.target, r.status) for r in both] == [("11000", "failed"), ("lossless", "ok")]
+    assert [(r.label, r.ok) for r in both] == [("11000", False), ("lossless", True)]
 
     out = tmp_path / "ladder"
     result = runner.invoke(app, ["transcode", str(ge_file), str(out), "--ladder", "paper",
@@ -279,6 +308,7 @@ def test_each_target_succeeds_or_fails_on_its_own(ge_file: Path, tmp_path: Path)
                 f"compression ratio {cr:g} is out of reach"), row
         else:
             assert row["status"] == "ok" and abs(float(row["achieved_cr"]) / cr - 1) < 0.02
+            assert row["psnr_db"] == ""  # measured only with --psnr
     assert "3 of 10 output(s) failed, in 1 of 1 file(s)" in " ".join(result.output.split())
 
 
@@ -308,6 +338,20 @@ def test_command_writes_a_series_per_cr_and_a_manifest(small_cohort: Path, tmp_p
     assert missing.exit_code == 2 and "does not exist" in missing.output
 
 
+def test_command_psnr_on_request(hologic_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["transcode", str(hologic_file), str(out), "--cr", "20",
+                                 "--lossless", "--psnr", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "PSNR dB" in result.output
+    with open(out / "manifest.csv", newline="") as handle:
+        rows = {r["target"]: r for r in csv.DictReader(handle)}
+    decoded = pydicom.dcmread(out / "cr20" / hologic_file.name).pixel_array
+    original = pydicom.dcmread(hologic_file).pixel_array
+    assert float(rows["20"]["psnr_db"]) == pytest.approx(psnr(original, decoded), abs=0.01)
+    assert rows["lossless"]["psnr_db"] == "100.00"
+
+
 def test_command_paper_ladder_on_a_full_size_image(tmp_path: Path) -> None:
     study = generate_study(2, 0, "normal", "ge", "full")
     path = tmp_path / "in" / "LCC.dcm"
@@ -327,29 +371,30 @@ def test_ladder_cuts_are_standalone_codestreams() -> None:
     """Each CR of the ladder is a cut of one layered encode that decodes on its own."""
     study = generate_study(3, 0, "normal", "hologic", "small")
     pixels = study.views[0].pixels
-    encoded = encode_ladder(pixels, 12, [20, 100, 1000])
+    encoded = encode_ladder(pixels, 12, [20, 100, 1000], psnr=True)
     for item in encoded:
-        layout = parse(item.codestream)
-        assert layout.progression == 0  # LRCP
+        assert coding_style(item.codestream)[0] == 0  # LRCP
         decoded = openjpeg.decode(item.codestream)
         assert psnr(pixels, decoded) == pytest.approx(item.psnr_db)
+        assert item.achieved_cr == pixels.size * 2 / len(item.codestream)
     assert encoded[0].psnr_db < encoded[1].psnr_db < encoded[2].psnr_db  # 1000, 100, 20
+    assert [item.psnr_db for item in encode_ladder(pixels, 12, [20, 100])] == [None, None]
 
 
 @pytest.mark.slow
 def test_paper_ladder_hits_its_targets_on_full_size_images() -> None:
-    """Every paper CR up to 5K within 2 % on full-size views of both vendors.
-
-    10K and 11K are held to 8 %: OpenJPEG's rate control leaves gaps there on some images that
-    neither the bracketing layers nor packet-level cuts close yet (see the transcoder issue).
-    """
+    """Every paper CR up to 5K within 2 % and 10K, 11K within 8 % (a GE image is under 2 KB
+    there), on one full-size view of each vendor; the achieved CR is that of the codestream."""
+    assert (tolerance(5000), tolerance(10000), tolerance(11000)) == (0.02, 0.08, 0.08)
     for vendor in ("ge", "hologic"):
         study = generate_study(1, 0, "malignant", vendor, "full")
-        views = study.views if vendor == "ge" else study.views[:1]
-        for view in views:
-            for item in encode_ladder(view.pixels, study.detector.bits_stored, PAPER_LADDER):
-                limit = 0.02 if item.target_cr <= 5000 else 0.08
-                assert abs(item.error) <= limit, (vendor, view.name, item.target_cr, item.error)
+        pixels = study.views[0].pixels
+        encoded = encode_ladder(pixels, study.detector.bits_stored, PAPER_LADDER)
+        assert [item.target_cr for item in encoded] == sorted(PAPER_LADDER, reverse=True)
+        for item in encoded:
+            assert item.achieved_cr == pixels.size * 2 / len(item.codestream)
+            assert abs(item.error) <= tolerance(item.target_cr), (vendor, item.target_cr,
+                                                                   item.error)
 
 
 def test_a_cut_inside_a_layer_is_valid_for_opj_decompress(tmp_path: Path) -> None:
@@ -365,7 +410,11 @@ def test_a_cut_inside_a_layer_is_valid_for_opj_decompress(tmp_path: Path) -> Non
     previous = None
     for packets in (per_layer + 1, 2 * per_layer - 1, 2 * per_layer):
         cut = layout.cut(packets)
-        assert len(cut) == layout.cut_size(packets)
+        assert len(cut) == layout.cut_size(packets) == layout.cut_sizes()[packets - 1]
+        with_plt = layout.cut(packets, plt=True)
+        assert len(with_plt) == layout.cut_size(packets, plt=True)
+        assert parse(with_plt).packet_lengths[:packets] == layout.packet_lengths[:packets]
+        assert openjpeg.decode(with_plt).tobytes() == openjpeg.decode(cut).tobytes()
         path = tmp_path / f"cut{packets}.j2k"
         path.write_bytes(cut)
         out = tmp_path / f"cut{packets}.rawl"

@@ -2,8 +2,9 @@
 
 A lossy encode with one quality layer per target CR, LRCP progression and PLT markers (packet
 lengths) lets every CR of a ladder be taken from one encode: the packets of layer k are contiguous,
-so the codestream truncated after them, with the layer count in COD, the tile-part length in SOT
-and the PLT rewritten and EOC appended, is a valid codestream of k + 1 layers (ISO 15444-1 A.4-A.7).
+so the codestream truncated after them, with the layer count in COD and the tile-part length in SOT
+rewritten, the PLT dropped (or rewritten) and EOC appended, is a valid codestream of k + 1 layers
+(ISO 15444-1 A.4-A.7).
 """
 
 from __future__ import annotations
@@ -51,25 +52,40 @@ class Layout:
         padding = layers * per_layer - packets
         return layers, list(self.packet_lengths[:packets]) + [1] * padding
 
-    def cut_size(self, packets: int) -> int:
-        """Bytes of `cut(packets)` without building it: exact while the PLT fits one segment
-        (64 KiB of lengths), within a few bytes when it needs several."""
-        _, lengths = self._cut_plan(packets)
-        plt = sum(len(_encode_length(v)) for v in lengths)
-        plt += 5 * (1 + plt // 0xFFF0)  # marker segment headers (upper bound when several)
-        return len(self.main_header) + 12 + plt + 2 + sum(lengths) + 2
+    def cut_sizes(self) -> list[int]:
+        """Bytes of `cut(n)` for n = 1 .. every packet, exact (a cut carries no PLT)."""
+        fixed = len(self.main_header) + 12 + 2 + 2  # main header, SOT, SOD, EOC
+        per_layer = self.packets_per_layer
+        sizes, data = [], 0
+        for n, length in enumerate(self.packet_lengths, 1):
+            data += length
+            sizes.append(fixed + data + (-n) % per_layer)  # the padding's empty packets
+        return sizes
 
-    def cut(self, packets: int) -> bytes:
-        """A standalone codestream holding the first `packets` packets (LRCP order)."""
+    def cut_size(self, packets: int, plt: bool = False) -> int:
+        """Bytes of `cut(packets, plt)` without building it: exact without PLT, within a few
+        bytes with a PLT that needs several marker segments (over 64 KiB of lengths)."""
+        _, lengths = self._cut_plan(packets)
+        size = len(self.main_header) + 12 + 2 + sum(lengths) + 2
+        if plt:
+            lengths_bytes = sum(len(_encode_length(v)) for v in lengths)
+            size += lengths_bytes + 5 * (1 + lengths_bytes // 0xFFF0)  # segment headers
+        return size
+
+    def cut(self, packets: int, plt: bool = False) -> bytes:
+        """A standalone codestream holding the first `packets` packets (LRCP order); with `plt`,
+        a PLT marker lists their lengths (optional in ISO 15444-1: outputs go without it, a few
+        bytes saved where a whole image is 1-2 KB)."""
         layers, lengths = self._cut_plan(packets)
         header = bytearray(self.main_header)
         struct.pack_into(">H", header, self.cod_layers_offset, layers)
-        plt = _plt_segments(lengths)
+        markers = _plt_segments(lengths) if plt else b""
         body = self.data[: sum(self.packet_lengths[:packets])]
         body += b"\x00" * (len(lengths) - packets)
-        psot = 12 + len(plt) + 2 + len(body)  # SOT segment, PLT, SOD, data
+        psot = 12 + len(markers) + 2 + len(body)  # SOT segment, PLT, SOD, data
         sot = struct.pack(">HHHIBB", SOT, 10, self.tile_index, psot, 0, 1)
-        return bytes(header) + sot + plt + struct.pack(">H", SOD) + body + struct.pack(">H", EOC)
+        return (bytes(header) + sot + markers + struct.pack(">H", SOD) + body
+                + struct.pack(">H", EOC))
 
 
 def _read_plt(payload: bytes) -> list[int]:
@@ -106,9 +122,8 @@ def _plt_segments(lengths: tuple[int, ...] | list[int]) -> bytes:
     return bytes(out)
 
 
-def parse(codestream: bytes) -> Layout:
-    """Read the layer layout of a codestream written by `encode_layers` (see j2k)."""
-    cs = bytes(codestream)
+def _main_header(cs: bytes) -> tuple[int, int, int, int]:
+    """(end of the main header, COD's layer-count offset, layers, progression)."""
     if len(cs) < 4 or struct.unpack_from(">H", cs, 0)[0] != SOC:
         raise CodestreamError("not a JPEG 2000 codestream (no SOC marker)")
     pos, cod_offset, layers, progression = 2, None, None, None
@@ -125,8 +140,21 @@ def parse(codestream: bytes) -> Layout:
             layers = struct.unpack_from(">H", cs, pos + 6)[0]
             cod_offset = pos + 6
         pos += 2 + length
-    if cod_offset is None or layers is None:
+    if cod_offset is None or layers is None or progression is None:
         raise CodestreamError("codestream has no COD marker")
+    return pos, cod_offset, layers, progression
+
+
+def coding_style(codestream: bytes) -> tuple[int, int]:
+    """(progression order, quality layers) from the COD marker; 0 is LRCP."""
+    _, _, layers, progression = _main_header(bytes(codestream))
+    return progression, layers
+
+
+def parse(codestream: bytes) -> Layout:
+    """Read the layer layout of a codestream written with PLT markers (see j2k)."""
+    cs = bytes(codestream)
+    pos, cod_offset, layers, progression = _main_header(cs)
     main_header = cs[:pos]
     _, lsot, tile, psot, tpsot, tnsot = struct.unpack_from(">HHHIBB", cs, pos)
     if tpsot != 0 or tnsot not in (0, 1):

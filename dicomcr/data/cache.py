@@ -23,7 +23,13 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from ..codec.j2k import MIN_CODESTREAM_BYTES, decode, encode_ladder, highest_ratio
+from ..codec.j2k import (
+    CODEC_REVISION,
+    MIN_CODESTREAM_BYTES,
+    decode,
+    encode_ladder,
+    highest_ratio,
+)
 from ..dicom.source import read_source
 from .dataset import Breast
 from .preprocess import Preprocessing, breast_input, normalise_image, resize_and_crop
@@ -36,8 +42,11 @@ def _hash(value: object) -> str:
 
 
 def _key(sop_uid: str, cr: float, p: Preprocessing) -> str:
-    """The cached crop depends on the view, the CR and the view's parameters (not the canvas)."""
-    return _hash({"sop": sop_uid, "cr": cr, "p": p.view_key(), "dtype": np.dtype(STORED).name})
+    """The cached crop depends on the view, the CR, the encoder that made it lossy and the view's
+    parameters (not the canvas)."""
+    codec = CODEC_REVISION if cr != 1.0 else None  # CR 1: the source's own pixels
+    return _hash({"sop": sop_uid, "cr": cr, "p": p.view_key(), "dtype": np.dtype(STORED).name,
+                  **({"codec": codec} if codec is not None else {})})
 
 
 def _files(path: Path, crs: list[float], p: Preprocessing, cache: Path) -> dict[float, Path]:
@@ -57,7 +66,7 @@ def _ensure_view(path: Path, laterality: str, view: str, files: dict[float, Path
         lossy = [cr for cr in missing if cr != 1.0]
         if lossy:
             for item in encode_ladder(source.pixels, source.bits_stored, lossy,
-                                      source.bits_allocated, with_psnr=False):
+                                      source.bits_allocated):
                 decoded[item.target_cr] = decode(item.codestream)
         for cr, pixels in decoded.items():
             image = normalise_image(pixels, source.dataset)

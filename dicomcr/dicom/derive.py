@@ -72,10 +72,12 @@ def derive(source: Dataset, encoded: Encoded, source_lossy: bool) -> Dataset:
         methods = _multi(source, "LossyImageCompressionMethod")
         ds.LossyImageCompressionRatio = [*ratios, _ds_value(encoded.achieved_cr)]
         ds.LossyImageCompressionMethod = [*methods, J2K_METHOD]
+        quality = ("" if encoded.psnr_db is None  # measured only on request
+                   else f", PSNR {encoded.psnr_db:.2f} dB (MAX 65535)")
         ds.DerivationDescription = (
             f"Lossy JPEG 2000 (ISO 15444-1, irreversible 9/7) at compression ratio "
-            f"{encoded.achieved_cr:.2f}:1 (target {encoded.target_cr:g}), PSNR "
-            f"{encoded.psnr_db:.2f} dB (MAX 65535), by dicomcr {__version__}"
+            f"{encoded.achieved_cr:.2f}:1 (target {encoded.target_cr:g}){quality}, "
+            f"by dicomcr {__version__}"
         )
         ds.DerivationCodeSequence = Sequence([LOSSY_COMPRESSION.item()])
         reference = Dataset()

@@ -42,7 +42,7 @@ def at_crs(sources: list[SourceImage], crs: list[float]) -> dict[float, list[Sou
             out[1.0].append(source)
         if lossy:
             for item in encode_ladder(source.pixels, source.bits_stored, lossy,
-                                      source.bits_allocated, with_psnr=False):
+                                      source.bits_allocated):
                 out[item.target_cr].append(replace(source, pixels=decode(item.codestream)))
     return out
 
