@@ -7,7 +7,10 @@ into a local folder.
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -25,7 +28,86 @@ from pydantic import (
 
 AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 1-16 printable ASCII, no backslash
 ANY_AE = "*"
-UNKNOWN_AE_POLICY = "20"  # what an unknown calling AE gets when accept_unknown_ae lets it in
+
+
+class Compression(StrEnum):
+    """What a site's policy does to an image: a lossy JPEG 2000 at an exact CR, lossless JPEG 2000,
+    or nothing (pass-through: forwarded as received)."""
+
+    CR = "cr"
+    LOSSLESS = "lossless"
+    PASS_THROUGH = "none"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A site's compression policy as a value: `Policy.parse("20")`, `Policy.parse("lossless")`,
+    `Policy.parse("none")`. `str(policy)` is the form the job store keeps and the audit prints
+    ("20", "lossless", "none"), and `Policy.parse` reads it back."""
+
+    kind: Compression
+    cr: float | None = None  # the target compression ratio: only for Compression.CR, and > 1
+
+    def __post_init__(self) -> None:
+        try:
+            kind = Compression(self.kind)
+        except ValueError:
+            raise ValueError(f"a policy's kind is one of {[k.value for k in Compression]}, "
+                             f"not {self.kind!r}") from None
+        object.__setattr__(self, "kind", kind)
+        if kind is not Compression.CR:
+            if self.cr is not None:
+                raise ValueError(f"a {kind.value!r} policy has no CR (got cr={self.cr!r})")
+            return
+        if isinstance(self.cr, bool) or not isinstance(self.cr, int | float):
+            raise ValueError(f"a CR policy needs a number cr > 1 (got {self.cr!r})")
+        if not (math.isfinite(self.cr) and self.cr > 1):
+            raise ValueError(f"a CR policy's cr is a finite number > 1 (got {self.cr!r})")
+        object.__setattr__(self, "cr", float(self.cr))
+
+    @classmethod
+    def parse(cls, value: str | float) -> Policy:
+        """"20", 20 or 20.0 (a CR > 1), "lossless" or "none" (pass-through)."""
+        if isinstance(value, Policy):
+            return value
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in (Compression.LOSSLESS, Compression.PASS_THROUGH):
+                return cls(Compression(word))
+            try:
+                number = float(word)
+            except ValueError:
+                raise ValueError(f"a policy is a CR > 1 (e.g. 20), 'lossless' or 'none' "
+                                 f"(pass-through), not {value!r}") from None
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            raise ValueError(f"a policy is a CR > 1 (e.g. 20), 'lossless' or 'none' "
+                             f"(pass-through), not {value!r}")
+        if not (math.isfinite(number) and number > 1):
+            raise ValueError(f"a policy's CR is a finite number > 1, not {value!r}")
+        return cls(Compression.CR, number)
+
+    def __str__(self) -> str:
+        return f"{self.cr:g}" if self.kind is Compression.CR else self.kind.value
+
+    @property
+    def targets(self) -> tuple[float, ...]:
+        """The lossy CRs to encode at: (cr,) for a CR policy, () otherwise."""
+        return (self.cr,) if self.kind is Compression.CR else ()
+
+    @property
+    def lossless(self) -> bool:
+        return self.kind is Compression.LOSSLESS
+
+    @property
+    def transcodes(self) -> bool:
+        """False for pass-through: the image is forwarded as received."""
+        return self.kind is not Compression.PASS_THROUGH
+
+
+# What an unknown calling AE gets when accept_unknown_ae lets it in.
+UNKNOWN_AE_POLICY = Policy(Compression.CR, 20.0)
 
 
 class ConfigError(ValueError):
@@ -71,8 +153,19 @@ class NodeSection(Strict):
     # Resources (0xA700). Make it hold your largest instance, its outputs and the job store's
     # growth; 0 turns the check off (a write that hits a full disk is still answered 0xA700).
     disk_reserve_mb: Annotated[float, Field(ge=0, le=2**20)] = 1024.0
+    # Where transcoding and inference run: "local" (process pools in the node) or a RabbitMQ URL,
+    # amqp://user:password@host:port/vhost, whose `dicomcr worker` processes share `storage`.
+    queue: str = "local"
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _ae(v)))
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str) -> str:
+        if value != "local" and not re.match(r"^amqps?://[^/\s]+(/[^\s]*)?$", value):
+            raise ValueError("queue is 'local' or a RabbitMQ URL, "
+                             "amqp://user:password@host:port/vhost")
+        return value
 
     @field_validator("workers")
     @classmethod
@@ -96,14 +189,14 @@ class Site(Strict):
     @field_validator("cr")
     @classmethod
     def _cr(cls, value: float | str) -> float | str:
-        if isinstance(value, float | int) and not value > 1:
+        if isinstance(value, float | int) and not (math.isfinite(value) and value > 1):
             raise ValueError("cr is a number > 1, 'lossless' or 'none' (pass-through)")
         return value
 
     @property
-    def policy(self) -> str:
-        """The site's policy as the job store and the audit write it: "20", "lossless", "none"."""
-        return f"{self.cr:g}" if isinstance(self.cr, float | int) else self.cr
+    def policy(self) -> Policy:
+        """The site's policy as a value (str() of it: "20", "lossless", "none")."""
+        return Policy.parse(self.cr)
 
 
 class DicomDestination(Strict):

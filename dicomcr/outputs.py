@@ -34,3 +34,18 @@ def output_file(path: Path) -> Path:
     if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"cannot write {path}: it exists and is not writable")
     return path
+
+
+def write_text_atomically(path: Path, text: str, durable: bool = False) -> None:
+    """Write `text` to `path` so that a reader sees the old file or the whole new one, never a
+    part (a temporary name beside it, then a rename). `durable` also flushes it to the disk
+    first, for files another machine acts on (a worker's result on shared storage)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "w") as handle:
+        handle.write(text)
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
+    os.replace(partial, path)

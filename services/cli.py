@@ -18,7 +18,6 @@ from dicomcr import cli as library
 from dicomcr.cli import check_writable, console, fail
 
 from .node import Node
-from .store import STATES, JobStore
 
 __all__ = ["app"]
 
@@ -44,7 +43,6 @@ def serve(
     """Run the DICOM node: receive, transcode at each site's CR, forward. SIGTERM drains and exits."""
     import logging
 
-
     settings = _config(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     node = Node(settings)
@@ -57,28 +55,83 @@ def serve(
 
 
 @app.command()
+def worker(
+    config: Annotated[Path | None, typer.Option(help="The node's node.yaml (node.queue names "
+                                                     "the broker).")] = None,
+    queues: Annotated[str, typer.Option(help="What to take: transcode, infer, or "
+                                             "transcode,infer.")] = "transcode,infer",
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Processes; default: one per "
+                                                              "core, one for infer only.")] = None,
+) -> None:
+    """Run a worker that takes the node's tasks from RabbitMQ (node.queue: amqp://...).
+
+    Run it on any machine that mounts the node's storage at the same path."""
+    from .worker import WorkerError, run_worker
+    from .workqueue import TaskKind
+
+    settings = _config(config)
+    try:
+        kinds = [TaskKind(name.strip()) for name in queues.split(",") if name.strip()]
+    except ValueError:
+        fail(f"--queues {queues!r}: name transcode, infer, or both separated by a comma")
+    if not kinds:
+        fail("--queues names no queue: transcode, infer, or both")
+    try:
+        run_worker(settings, kinds, concurrency)
+    except WorkerError as exc:
+        fail(str(exc))
+
+
+@app.command()
 def status(
     config: Annotated[Path | None, typer.Option(help="node.yaml; default: the built-in config.")
                       ] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="List what failed, with why.")
+                      ] = False,
 ) -> None:
-    """Queue depth and per-site counts from the node's job store."""
+    """Queue depth and per-site counts from the node's job store: its images and the objects it
+    derived (saliency SCs, the SR) apart, and its studies."""
+    import sqlite3
+
+    from dicomcr.jobs import InstanceState, JobStore, ObjectKind, StudyState, queue_depth
 
     settings = _config(config)
     path = Path(settings.node.storage) / "jobs.sqlite"
-    if not path.exists():
+    if not path.is_file():
         fail(f"no job store at {path}: has the node run with this configuration?")
-    store = JobStore(path)
-    counts = store.counts()
-    store.close()
-    table = Table(title=f"dicomcr node {settings.node.ae_title}: {path}")
-    table.add_column("site")
-    for state in STATES:
-        table.add_column(state, justify="right")
-    for site, by_state in sorted(counts.items()):
-        table.add_row(site, *(str(by_state[s]) for s in STATES))
-    Console().print(table)
-    queued = sum(c["received"] + c["transcoded"] for c in counts.values())
-    Console().print(f"queue depth: {queued}")
+    try:
+        with JobStore.open_readonly(path) as store:
+            counts, studies = store.counts(), store.study_states()
+            failures = store.failures() if failed else []
+    except sqlite3.Error as exc:
+        fail(f"cannot read the job store {path}: {exc}")
+    out = Console(width=80)  # readable in a log or a small window
+    if failed:
+        if not failures:
+            out.print("nothing failed", highlight=False)
+        for item in failures:  # one block each: UIDs are long, reasons longer
+            out.print(f"{item.what} {item.uid} (site {item.site})", highlight=False)
+            out.print(f"  why:   {item.error}", highlight=False)
+            if item.where is not None:
+                out.print(f"  where: {item.where}", highlight=False)
+        return
+    table = Table(title=f"dicomcr node {settings.node.ae_title}", title_justify="left",
+                  caption=str(path), caption_justify="left")
+    table.add_column("site", overflow="fold")
+    table.add_column("objects")
+    for state in InstanceState:
+        table.add_column(state.value, justify="right")
+    names = {ObjectKind.IMAGE: "images", ObjectKind.DERIVED: "derived"}
+    for site, kinds in sorted(counts.items()):
+        for kind in (k for k in ObjectKind if k in kinds):
+            table.add_row(site, names[kind],
+                          *(str(kinds[kind][state]) for state in InstanceState))
+    out.print(table)
+    if studies:
+        out.print("studies: " + ", ".join(f"{state.value} {studies[state]}"
+                                          for state in StudyState if state in studies),
+                  highlight=False)
+    out.print(f"queue depth: {queue_depth(counts)}", highlight=False)
 
 
 @app.command()

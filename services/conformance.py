@@ -13,8 +13,8 @@ from dicomcr import __version__
 from dicomcr.config import NodeSection
 from dicomcr.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
-from .node import STORAGE_CLASSES, TRANSFER_SYNTAXES
 from .receiver import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES
+from .stages.receive import STORAGE_CLASSES, TRANSFER_SYNTAXES
 
 VERIFICATION = UID("1.2.840.10008.1.1")
 

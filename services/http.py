@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from dicomcr.jobs import Counts, queue_depth
+
 COUNTERS = {
     "received": "Instances received, made durable and acknowledged.",
     "rejected": "Instances refused with a failure status (and quarantined).",
@@ -65,9 +67,9 @@ class Metrics:
             self.seconds[stage] += seconds
             self.observations[stage] += 1
 
-    def prometheus(self, by_site: dict[str, dict[str, int]], gauges: Sequence[Gauge] = ()) -> str:
-        """The text exposition: counters, stage durations, job-store gauges per site/state, and
-        the node's own `gauges` (samples of one name given together)."""
+    def prometheus(self, by_site: Counts, gauges: Sequence[Gauge] = ()) -> str:
+        """The text exposition: counters, stage durations, job-store gauges per site, kind and
+        state, and the node's own `gauges` (samples of one name given together)."""
         lines = []
         with self._lock:
             for name, help_text in COUNTERS.items():
@@ -80,14 +82,16 @@ class Metrics:
                 lines += [f'dicomcr_stage_seconds_sum{{stage="{stage}"}} {self.seconds[stage]:.6f}',
                           f'dicomcr_stage_seconds_count{{stage="{stage}"}} '
                           f"{self.observations[stage]}"]
-        depth = sum(c.get("received", 0) + c.get("transcoded", 0) for c in by_site.values())
         lines += ["# HELP dicomcr_queue_depth Instances received but not yet forwarded.",
-                  "# TYPE dicomcr_queue_depth gauge", f"dicomcr_queue_depth {depth}",
-                  "# HELP dicomcr_instances Instances in the job store by site and state.",
+                  "# TYPE dicomcr_queue_depth gauge", f"dicomcr_queue_depth {queue_depth(by_site)}",
+                  "# HELP dicomcr_instances Instances in the job store by site, kind (image: "
+                  "received; derived: the node's SCs and SR) and state.",
                   "# TYPE dicomcr_instances gauge"]
-        for site, states in sorted(by_site.items()):
-            for state, n in sorted(states.items()):
-                lines.append(f'dicomcr_instances{{site="{site}",state="{state}"}} {n}')
+        for site, kinds in sorted(by_site.items()):
+            for kind, states in sorted(kinds.items()):
+                for state, n in states.items():
+                    lines.append(f'dicomcr_instances{{site="{site}",kind="{kind}",'
+                                 f'state="{state}"}} {n}')
         seen: set[str] = set()
         for gauge in gauges:
             lines += gauge.lines(with_header=gauge.name not in seen)
@@ -96,7 +100,7 @@ class Metrics:
 
 
 def serve_http(host: str, port: int, metrics: Metrics,
-               counts: Callable[[], dict[str, dict[str, int]]],
+               counts: Callable[[], Counts],
                health: Callable[[], dict],
                gauges: Callable[[], Sequence[Gauge]] = tuple) -> ThreadingHTTPServer:
     """Start the endpoint in a daemon thread; the caller shuts it down. /healthz answers 503

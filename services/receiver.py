@@ -20,9 +20,9 @@ from pathlib import Path
 import pydicom
 from pydicom.pixels.utils import get_expected_length
 
+from dicomcr.config import Policy
 from dicomcr.dicom.uids import check_uid
-
-from .store import JobStore
+from dicomcr.jobs import JobStore
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -216,7 +216,7 @@ def image_pixel_problem(ds: pydicom.Dataset) -> str | None:
 
 
 def accept(received: Path, *, sop_class_uid: str, sop_instance_uid: str, calling_ae: str,
-           site: str, policy: str, spool: Spool, store: JobStore, max_bytes: int,
+           site: str, policy: Policy, spool: Spool, store: JobStore, max_bytes: int,
            disk: DiskReserve | None = None) -> Verdict:
     """Check one received file (DICOM file format, as the peer encoded it) and make it durable.
 

@@ -15,7 +15,7 @@ from dicomcr.config import ConfigError, load_config
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
-@pytest.mark.parametrize("name", ["node.yaml", "compose-node.yaml"])
+@pytest.mark.parametrize("name", ["node.yaml", "compose-node.yaml", "compose-scaleout-node.yaml"])
 def test_the_example_configurations_load(name: str) -> None:
     config = load_config(DEPLOY / name)
     assert config.node.port == 11112 and config.forward.to in config.destinations
@@ -58,6 +58,17 @@ def test_the_systemd_unit_is_accepted(tmp_path: Path) -> None:
     assert run.returncode == 0 and complaints == [], run.stdout + run.stderr
 
 
+def _docker_compose_config(name: str) -> None:
+    """`docker compose config` accepts the file, where the compose plugin exists (else skip)."""
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True,
+                                        timeout=60).returncode != 0:
+        pytest.skip("the docker compose plugin is not installed here")
+    run = subprocess.run([docker, "compose", "-f", str(DEPLOY / name), "config"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+
+
 def test_the_compose_file(tmp_path: Path) -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     assert set(compose["services"]) == {"orthanc", "dicomcr"}
@@ -65,10 +76,43 @@ def test_the_compose_file(tmp_path: Path) -> None:
     assert (DEPLOY / build["context"] / build["dockerfile"]).is_file()
     mounted = compose["services"]["dicomcr"]["volumes"][0].split(":")[0]
     assert (DEPLOY / mounted).is_file()
-    docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True,
-                                        timeout=60).returncode != 0:
-        pytest.skip("the docker compose plugin is not installed here")
-    run = subprocess.run([docker, "compose", "-f", str(DEPLOY / "compose.yaml"), "config"],
-                         capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
+    _docker_compose_config("compose.yaml")
+
+
+def test_the_scaleout_compose_file() -> None:
+    """RabbitMQ, the node, two transcoding workers and a CUDA inference worker beside Orthanc:
+    every dicomcr container reads one node.yaml whose queue is the rabbitmq service, as its
+    user, and mounts one storage volume at the node's storage path."""
+    compose = yaml.safe_load((DEPLOY / "compose-scaleout.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"rabbitmq", "orthanc", "dicomcr", "transcode-worker", "infer-worker"}
+    dicomcr = {name: services[name] for name in ("dicomcr", "transcode-worker", "infer-worker")}
+    for service in dicomcr.values():
+        build = service["build"]
+        assert (DEPLOY / build["context"] / build["dockerfile"]).is_file()
+        assert service["depends_on"]["rabbitmq"] == {"condition": "service_healthy"}
+    assert dicomcr["infer-worker"]["build"]["dockerfile"] == "deploy/Dockerfile.cuda"
+    assert dicomcr["transcode-worker"]["deploy"]["replicas"] == 2
+    for name, kind in (("transcode-worker", "transcode"), ("infer-worker", "infer")):
+        assert dicomcr[name]["command"] == ["worker", "--config", "/etc/dicomcr/node.yaml",
+                                            "--queues", kind]
+
+    mounts = {name: dict(reversed(v.split(":")[:2]) for v in service["volumes"])
+              for name, service in dicomcr.items()}
+    config_file = mounts["dicomcr"]["/etc/dicomcr/node.yaml"]
+    config = load_config(DEPLOY / config_file)
+    storage = mounts["dicomcr"][str(config.node.storage)]
+    assert storage in compose["volumes"]
+    for mounted in mounts.values():
+        assert mounted["/etc/dicomcr/node.yaml"] == config_file
+        assert mounted[str(config.node.storage)] == storage
+
+    broker = services["rabbitmq"]["environment"]
+    user, password, vhost = (broker[f"RABBITMQ_DEFAULT_{k}"] for k in ("USER", "PASS", "VHOST"))
+    assert config.node.queue == f"amqp://{user}:{password}@rabbitmq:5672/{vhost}"
+    (conf,) = [v for v in services["rabbitmq"]["volumes"] if v.startswith("./rabbitmq.conf:")]
+    assert conf.split(":")[1].startswith("/etc/rabbitmq/conf.d/")
+    settings = dict(line.split(" = ") for line in (DEPLOY / "rabbitmq.conf").read_text()
+                    .splitlines() if line and not line.startswith("#"))
+    assert int(settings["consumer_timeout"]) >= 30 * 60 * 1000
+    _docker_compose_config("compose-scaleout.yaml")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from peers import Orthanc, dciodvfy, free_port
 from PIL import Image
-from test_node import MG_A, NodeProcess, _http, _study, storescu
+from test_node import MG_A, MG_B, NodeProcess, _http, _study, storescu
 from typer.testing import CliRunner
 
 from dicomcr.cli import app
@@ -170,24 +170,33 @@ def test_the_node_sends_four_captures_and_a_report_to_orthanc(small_cohort: Path
         orthanc.stop()
 
 
-def test_a_model_that_fails_to_load_disables_inference_only(small_cohort: Path,
-                                                            tmp_path: Path) -> None:
+def test_a_model_that_fails_to_load_disables_that_sites_inference_only(
+        small_cohort: Path, model: Path, tmp_path: Path) -> None:
+    """One site's bad `model:` switches off that site's inference, said in /healthz and the log;
+    its images are still forwarded, and another site's studies are still classified."""
     broken = tmp_path / "broken.dcmcr"
     broken.write_bytes(b"not a model")
     http_port = free_port()
-    node = NodeProcess(tmp_path / "node", {"folder": str(tmp_path / "archive")},
+    archive = tmp_path / "archive"
+    node = NodeProcess(tmp_path / "node", {"folder": str(archive)},
                        sites=[{"name": "hospital-a", "calling_ae": [MG_A], "cr": 20,
-                               "model": str(broken)}], http_port=http_port, stable_seconds=1)
+                               "model": str(broken)},
+                              {"name": "hospital-b", "calling_ae": [MG_B], "cr": 20,
+                               "model": str(model)}], http_port=http_port, stable_seconds=1)
     try:
         assert storescu(node.port, MG_A, *_study(small_cohort, 0)).returncode == 0
-        deadline = time.monotonic() + 60
-        while len(list((tmp_path / "archive").rglob("*.dcm"))) < 4:
-            assert time.monotonic() < deadline
+        assert storescu(node.port, MG_B, *_study(small_cohort, 3)).returncode == 0  # Hologic
+        deadline = time.monotonic() + 120
+        while len(list(archive.rglob("*.dcm"))) < 4 + 4 + 5:  # 8 images, B's 4 SCs and SR
+            assert time.monotonic() < deadline, list(archive.rglob("*.dcm"))
             time.sleep(0.25)
         health = json.loads(_http(http_port, "/healthz"))
         assert health["status"] == "ok"
-        assert any("inference disabled" in w and "broken.dcmcr" in w for w in health["warnings"])
-        assert "inference disabled" in (tmp_path / "node" / "node.log").read_text()
+        assert health["studies"] == {"skipped": 1, "inferred": 1}, health
+        assert [w for w in health["warnings"] if "inference off" in w] == [
+            w for w in health["warnings"] if "site hospital-a" in w and "broken.dcmcr" in w]
+        assert len(health["warnings"]) == 1
+        assert "inference off for site hospital-a" in (tmp_path / "node" / "node.log").read_text()
     finally:
         assert node.terminate() == 0
 

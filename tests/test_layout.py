@@ -25,7 +25,7 @@ def test_library_never_imports_services() -> None:
 # codec -> dicom -> data, models -> experiments, inference -> audit -> cli.
 LEVELS: tuple[frozenset[str], ...] = (
     frozenset({"__init__", "codec", "config", "outputs"}),  # __init__: the version only
-    frozenset({"dicom"}),
+    frozenset({"dicom", "jobs"}),  # jobs: the node's job store (SQLite), over config
     frozenset({"data", "models", "explain", "transcode", "net"}),
     frozenset({"phantom"}),
     frozenset({"experiments", "inference"}),
@@ -76,3 +76,13 @@ def test_ruff_is_clean() -> None:
         pytest.fail("ruff is part of the test extras: pip install -e '.[test]'")
     run = subprocess.run([ruff, "check", "."], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_no_sql_outside_the_job_store() -> None:
+    """dicomcr/jobs.py is the only code that speaks SQL: the node, `dicomcr status` and the audit
+    read and write the store through its methods (sqlite3's exception types may be caught)."""
+    sql = re.compile(r"\bSELECT\b|\bUPDATE\s+\w+\s+SET\b|\bINSERT\s+INTO\b|sqlite3\.connect")
+    offenders = [str(p.relative_to(ROOT)) for folder in ("dicomcr", "services")
+                 for p in sorted((ROOT / folder).rglob("*.py"))
+                 if p != ROOT / "dicomcr" / "jobs.py" and sql.search(p.read_text())]
+    assert offenders == []

@@ -142,7 +142,7 @@ def test_a_study_arrives_in_orthanc_as_jpeg2000_at_the_sites_cr(
         metrics = _http(http_port, "/metrics")
         for line in ("dicomcr_received_total 4", "dicomcr_transcoded_total 4",
                      "dicomcr_forwarded_total 4", "dicomcr_queue_depth 0",
-                     'dicomcr_instances{site="hospital-a",state="done"} 4',
+                     'dicomcr_instances{site="hospital-a",kind="image",state="done"} 4',
                      'dicomcr_stage_seconds_count{stage="receive"} 4'):
             assert line in metrics.splitlines(), line
     finally:

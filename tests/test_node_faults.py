@@ -425,7 +425,8 @@ def test_the_fault_settings_have_working_defaults_and_are_checked(tmp_path: Path
 
 def test_a_job_store_from_before_opens_with_the_new_columns(tmp_path: Path) -> None:
     """A node upgraded in place keeps its queue: the death counts are added to the old tables."""
-    from services.store import JobStore
+    from dicomcr.config import Policy
+    from dicomcr.jobs import JobStore
 
     path = tmp_path / "jobs.sqlite"
     with contextlib.closing(sqlite3.connect(path)) as db:  # the tables as the first release made
@@ -441,8 +442,8 @@ def test_a_job_store_from_before_opens_with_the_new_columns(tmp_path: Path) -> N
             "REAL NOT NULL);")
     store = JobStore(path)
     store.received(sop_instance_uid="1.2.3", sop_class_uid="1.2", study_uid="1.2.4",
-                   calling_ae="MG_A", site="a", policy="20", spool_path=tmp_path / "x.dcm",
-                   size=1)
+                   calling_ae="MG_A", site="a", policy=Policy.parse("20"),
+                   spool_path=tmp_path / "x.dcm", size=1)
     assert store.worker_died("1.2.3") == 1 and store.study_worker_died("1.2.4") == 1
     (job,) = store.to_transcode(5)
     assert job.worker_deaths == 1

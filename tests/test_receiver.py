@@ -8,6 +8,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from dicomcr.config import Policy
+from dicomcr.jobs import JobStore
 from services.receiver import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -18,7 +20,6 @@ from services.receiver import (
     Spool,
     accept,
 )
-from services.store import JobStore
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def _accept(data: bytes, ds: pydicom.Dataset, spool: Spool, store: JobStore, **c
     received = spool.incoming / f"{len(list(spool.incoming.iterdir()))}.dcm"
     received.write_bytes(data)
     args = dict(sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID),
-                calling_ae="MG_A", site="a", policy="20", spool=spool, store=store,
+                calling_ae="MG_A", site="a", policy=Policy.parse("20"), spool=spool, store=store,
                 max_bytes=2**30)
     verdict = accept(received, **{**args, **changes})
     assert not received.exists()  # moved into the spool or into quarantine, never left behind
@@ -62,7 +63,8 @@ def test_a_good_instance_is_spooled_and_recorded(small_cohort: Path, setup) -> N
     assert job.sop_instance_uid == ds.SOPInstanceUID and job.spool_path == path
     assert _accept(data, ds, spool, store) == SUCCESS  # a re-send replaces, never duplicates
     assert len(store.to_transcode(10)) == 1
-    assert store.counts() == {"a": {"received": 1, "transcoded": 0, "done": 0, "failed": 0}}
+    assert store.counts() == {"a": {"image": {"received": 1, "queued": 0, "transcoded": 0,
+                                              "done": 0, "failed": 0}}}
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # pydicom on the hostile UID

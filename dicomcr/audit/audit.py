@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import csv
 import json
-import sqlite3
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import Policy
+from ..jobs import InstanceState, JobStore, ObjectKind
 from .facts import ImageFacts, UnreadableFile, read_facts, rule_breaks
 
 GUIDELINES = Path(__file__).with_name("guidelines.csv")
@@ -180,20 +181,14 @@ def node_images(config) -> tuple[dict[str, list[Path]], list[str]]:
     store = Path(config.node.storage) / "jobs.sqlite"
     if not store.is_file():
         return {}, [f"{store}: no job store (has the node run with this configuration?)"]
-    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT site, outputs FROM instances WHERE policy != 'derived' AND "
-                          "state IN ('transcoded', 'done')").fetchall()
-    finally:
-        db.close()
-    out: dict[str, list[Path]] = defaultdict(list)
-    for site, outputs in rows:
-        out[site] += [Path(p) for p in json.loads(outputs)]
-    return dict(out), []
+    with JobStore.open_readonly(store) as jobs:
+        return jobs.outputs_by_site(ObjectKind.IMAGE,
+                                    (InstanceState.TRANSCODED, InstanceState.DONE)), []
 
 
 def node_sites(config, deployed: dict | None = None
-               ) -> tuple[dict[str, list[Path]], dict[str, str], dict[str, dict | None], list[str]]:
+               ) -> tuple[dict[str, list[Path]], dict[str, Policy], dict[str, dict | None],
+                          list[str]]:
     """A node's sites: {site: image files} from its job store, {site: configured policy},
     {site: deployed model metadata} (the site's model, else inference.model, else `deployed`)
     and problems. A configured model that cannot be read raises ModelFileError."""
@@ -246,16 +241,17 @@ def folder_images(folders: list[Path], site_map: Path | None
     return dict(out), problems, keys
 
 
-def audit_sites(files: dict[str, list[Path]], configured: dict[str, str | None],
+def audit_sites(files: dict[str, list[Path]], configured: dict[str, Policy | None],
                 guidelines: list[Guideline], guideline_key: dict[str, str | None],
                 results: dict | None, models: dict[str, dict | None],
                 site_data: bool = False) -> list[SiteAudit]:
-    """Every site's audit. `configured`: the node's CR per site; `models`: each site's deployed
+    """Every site's audit. `configured`: the node's policy per site; `models`: each site's deployed
     model metadata; `site_data`: the results are the sites' data whatever their fingerprint."""
     facts: dict[str, list[ImageFacts]] = {}
     audits = {}
     for site in sorted(set(files) | set(configured)):
-        audit = audits[site] = SiteAudit(site, configured.get(site))
+        policy = configured.get(site)
+        audit = audits[site] = SiteAudit(site, None if policy is None else str(policy))
         facts[site] = []
         for path in files.get(site, []):
             try:
@@ -279,16 +275,14 @@ def audit_sites(files: dict[str, list[Path]], configured: dict[str, str | None],
             audit.guideline_status, audit.guideline_text = guideline_verdict(
                 summary[2], guidelines, guideline_key.get(site))
         lossy = [f.achieved_cr for f in items if f.lossy]
-        site_cr = _site_cr(audit.configured_cr, lossy)
+        site_cr = _site_cr(configured.get(site), lossy)
         audit.model = model_verdict(results, models.get(site), site_cr, site_data)
     return list(audits.values())
 
 
-def _site_cr(configured: str | None, lossy: list[float]) -> float | None:
-    """The CR a site's images are held at: the configured one, else the median achieved."""
-    if configured is not None:
-        try:
-            return float(configured)
-        except ValueError:  # lossless or pass-through: judged by what arrived
-            pass
+def _site_cr(configured: Policy | None, lossy: list[float]) -> float | None:
+    """The CR a site's images are held at: the configured one, else (no policy known, lossless
+    or pass-through: judged by what arrived) the median achieved."""
+    if configured is not None and configured.cr is not None:
+        return configured.cr
     return statistics.median(lossy) if lossy else None

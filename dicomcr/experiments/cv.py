@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..codec.j2k import CODEC_REVISION
 from ..data.dataset import Breast, Finding
+from ..outputs import write_text_atomically
 from .metrics import auprc_bootstrap, auroc_by_group, auroc_delong, delong_paired
 from .splits import patient_labels, require_patients
 from .train import Samples, TrainOptions, operating_threshold, predict, train_model
@@ -146,7 +147,8 @@ def fold_identity(plan: ModelPlan, fold: Fold, architecture: str, spec: dict,
     text = json.dumps({"plan": asdict(plan), "fold": [sorted(fold.train), sorted(fold.validation),
                                                       sorted(fold.test)],
                        "architecture": architecture, "spec": spec, "options": asdict(options),
-                       "preprocessing": preprocessing, "data": data}, sort_keys=True, default=str)
+                       "preprocessing": preprocessing, "data": data, "codec": CODEC_REVISION},
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -198,11 +200,8 @@ class ResultsDir:
         return result if result.identity == identity else None
 
     def save(self, result: FoldResult) -> None:
-        path = self._path(result.model, result.fold)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_text(json.dumps(asdict(result), indent=1))
-        os.replace(partial, path)
+        write_text_atomically(self._path(result.model, result.fold),
+                              json.dumps(asdict(result), indent=1))
 
 
 @dataclass(frozen=True)
