@@ -193,18 +193,43 @@ def transcode(
         raise typer.Exit(code=1)
 
 
+# TLS for echo and send: any of the three turns it on.
+TlsCaOpt = Annotated[Path | None, typer.Option(
+    "--tls-ca", help="Speak TLS; the peer's certificate must be signed by this CA (PEM). "
+    "Without it, with --tls-cert: by one of the system's CAs.")]
+TlsCertOpt = Annotated[Path | None, typer.Option(
+    "--tls-cert", help="Speak TLS, presenting this client certificate (PEM; with --tls-key).")]
+TlsKeyOpt = Annotated[Path | None, typer.Option(
+    "--tls-key", help="The unencrypted private key (PEM) of --tls-cert.")]
+
+
+def _client_tls(ca: Path | None, cert: Path | None, key: Path | None):
+    """The ClientTLS of the --tls-* options, or None (plain TCP) when none is given; ValueError
+    now, before any work, when a file cannot be used."""
+    from dicomcr.net.scu import ClientTLS
+
+    if ca is None and cert is None and key is None:
+        return None
+    tls = ClientTLS(ca, cert, key)
+    tls.context()
+    return tls
+
+
 @app.command()
 def echo(
     address: Annotated[str, typer.Argument(help="HOST:PORT of the peer.")],
     aet: Annotated[str, typer.Option("--aet", help="The peer's (called) AE title.")],
     calling_aet: Annotated[str, typer.Option(help="Our (calling) AE title.")] = "DICOMCR",
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
 ) -> None:
     """C-ECHO a DICOM peer: checks that it is reachable and accepts us."""
     from dicomcr.net.scu import NetworkError, Peer
     from dicomcr.net.scu import echo as c_echo
 
     try:
-        peer = Peer.parse(address, aet, calling_aet)
+        peer = Peer.parse(address, aet, calling_aet, _client_tls(tls_ca, tls_cert, tls_key))
         status = c_echo(peer)
     except (ValueError, NetworkError) as exc:
         fail(str(exc))
@@ -219,6 +244,9 @@ def send(
     to: Annotated[str, typer.Option("--to", help="HOST:PORT of the peer.")],
     aet: Annotated[str, typer.Option("--aet", help="The peer's (called) AE title.")],
     calling_aet: Annotated[str, typer.Option(help="Our (calling) AE title.")] = "DICOMCR",
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
 ) -> None:
     """C-STORE DICOM files to a peer, with progress; exit 1 if any file was not stored."""
     from dicomcr.net.scu import NetworkError, Peer
@@ -226,7 +254,7 @@ def send(
     from dicomcr.transcode import find_inputs
 
     try:
-        peer = Peer.parse(to, aet, calling_aet)
+        peer = Peer.parse(to, aet, calling_aet, _client_tls(tls_ca, tls_cert, tls_key))
         files = [path for root in paths for path, _ in find_inputs(root)]
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
@@ -240,7 +268,8 @@ def send(
                 bar.advance(task)
                 if not result.ok:
                     failed.append(result)
-                    console.print(f"[red]{result.path}: {result.error}[/]")
+                    console.print(f"{result.path}: {result.error}", style="red", markup=False,
+                                  highlight=False, soft_wrap=True)
     except (ValueError, NetworkError) as exc:
         fail(str(exc))
     Console().print(f"stored {len(files) - len(failed)} of {len(files)} file(s) at {peer}")

@@ -153,6 +153,11 @@ class NodeSection(Strict):
     # Resources (0xA700). Make it hold your largest instance, its outputs and the job store's
     # growth; 0 turns the check off (a write that hits a full disk is still answered 0xA700).
     disk_reserve_mb: Annotated[float, Field(ge=0, le=2**20)] = 1024.0
+    # How long the node keeps an object's files (the received original, its outputs, the SCs and
+    # SR) after its destination answered Success, in days; unset (the default): forever, because
+    # a C-STORE Success is no storage commitment and the node may hold the only original.
+    # Nothing not yet delivered, nor anything failed, is ever deleted; the job store keeps a row.
+    retention_days: Annotated[float, Field(gt=0)] | None = None
     # Where transcoding and inference run: "local" (process pools in the node) or a RabbitMQ URL,
     # amqp://user:password@host:port/vhost, whose `dicomcr worker` processes share `storage`.
     queue: str = "local"
@@ -199,10 +204,30 @@ class Site(Strict):
         return Policy.parse(self.cr)
 
 
+class DestinationTLS(Strict):
+    """TLS to a DICOM destination: `ca` signed the peer's certificate (without it, one of the
+    system's CAs did); `cert` and `key`, together, are the node's own, for a peer that asks.
+    The files are read at each association (a renewed certificate needs no restart), not at
+    load: a worker on another machine loads the same file without them."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    verify_hostname: bool = False  # check `host` against the peer's certificate too
+
+    @model_validator(mode="after")
+    def _pair(self) -> DestinationTLS:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together: give both (the node's certificate and "
+                             "its unencrypted key) or neither")
+        return self
+
+
 class DicomDestination(Strict):
     host: str
     port: Annotated[int, Field(ge=1, le=65535)]
     ae_title: str
+    tls: DestinationTLS | None = None  # None: plain TCP
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _ae(v)))
 
@@ -309,8 +334,10 @@ def load_config(path: Path | None) -> Config:
             hint = ""
             if loc[:1] == ["destinations"] and len(loc) > 2:
                 del loc[2]  # the kind's tag: the user wrote no such key
-                if error["type"] in ("missing", "extra_forbidden"):
+                if error["type"] in ("missing", "extra_forbidden") and len(loc) == 3:
                     hint = f"; {DESTINATION_FORMS}"
+                elif loc[2:3] == ["tls"] and error["type"] == "extra_forbidden":
+                    hint = f"; a destination's tls takes {', '.join(DestinationTLS.model_fields)}"
             key = ".".join(str(part) for part in loc) or "(top level)"
             got = error.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"

@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS instances (
     received_at      REAL NOT NULL,
     updated_at       REAL NOT NULL,
     worker_deaths    INTEGER NOT NULL DEFAULT 0,
-    kind             TEXT NOT NULL DEFAULT 'image'
+    kind             TEXT NOT NULL DEFAULT 'image',
+    purged_at        REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS by_state ON instances (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS by_study ON instances (study_uid);
@@ -73,6 +74,7 @@ ADDED_COLUMNS = (
     ("studies", "worker_deaths", "INTEGER NOT NULL DEFAULT 0"),
     ("studies", "next_attempt_at", "REAL NOT NULL DEFAULT 0"),
     ("instances", "kind", "TEXT NOT NULL DEFAULT 'image'"),
+    ("instances", "purged_at", "REAL NOT NULL DEFAULT 0"),  # files removed (node.retention_days)
 )
 # Before `kind`, the node's own objects were marked by this policy; they migrate to kind 'derived'
 # with policy 'none' when such a store is opened.
@@ -157,6 +159,16 @@ class Failure:
     when: float
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """What waits to be forwarded: how many objects, the oldest one's arrival, the retries
+    they have cost (for /healthz when a destination is down)."""
+
+    waiting: int
+    oldest_received_at: float | None
+    retries: int
+
+
 class JobStore:
     """Thread-safe access to the job tables; every write is committed before it returns."""
 
@@ -181,6 +193,7 @@ class JobStore:
         self._policy = "policy" if "kind" in present else \
             f"CASE WHEN policy='{_OLD_DERIVED_POLICY}' THEN 'none' ELSE policy END"
         self._deaths = "worker_deaths" if "worker_deaths" in present else "0"
+        self._purged = "purged_at" if "purged_at" in present else "0"
         self._study_deaths = "worker_deaths" if "worker_deaths" in self._columns("studies") \
             else "0"
         self._study_retry_at = "next_attempt_at" if "next_attempt_at" in \
@@ -233,7 +246,8 @@ class JobStore:
                 "study_uid=excluded.study_uid, calling_ae=excluded.calling_ae, site=excluded.site, "
                 "policy=excluded.policy, kind=excluded.kind, spool_path=excluded.spool_path, "
                 "bytes=excluded.bytes, state=excluded.state, outputs='[]', attempts=0, "
-                "next_attempt_at=0, error='', worker_deaths=0, updated_at=excluded.updated_at",
+                "next_attempt_at=0, error='', worker_deaths=0, purged_at=0, "
+                "updated_at=excluded.updated_at",
                 (sop_instance_uid, sop_class_uid, study_uid, calling_ae, site, str(policy),
                  ObjectKind.IMAGE.value, str(spool_path), size, InstanceState.RECEIVED.value,
                  now, now))
@@ -255,7 +269,7 @@ class JobStore:
                 "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(sop_instance_uid) DO UPDATE SET state=excluded.state, "
                 "outputs=excluded.outputs, attempts=0, next_attempt_at=0, error='', "
-                "updated_at=excluded.updated_at",
+                "purged_at=0, updated_at=excluded.updated_at",
                 (sop_instance_uid, sop_class_uid, study_uid, site,
                  str(Policy(Compression.PASS_THROUGH)), ObjectKind.DERIVED.value, str(path),
                  path.stat().st_size, InstanceState.TRANSCODED.value,
@@ -477,6 +491,44 @@ class JobStore:
                 InstanceState(state)] = n
         return out
 
+    def forward_backlog(self) -> Backlog:
+        """The transcoded objects not yet delivered."""
+        with self._lock:
+            n, oldest, retries = self._db.execute(
+                "SELECT COUNT(*), MIN(received_at), COALESCE(SUM(attempts), 0) FROM instances "
+                "WHERE state=?", (InstanceState.TRANSCODED.value,)).fetchone()
+        return Backlog(int(n), oldest, int(retries))
+
+    def delivered_before(self, when: float, limit: int = 256) -> list[Job]:
+        """Objects delivered (done) before `when` whose files are still kept, oldest first:
+        what node.retention_days lets the node delete. Never anything not yet delivered."""
+        return self._jobs(f"state=? AND updated_at < ? AND {self._purged}=0",
+                          (InstanceState.DONE.value, when), order="updated_at", limit=limit)
+
+    def purged(self, uid: str) -> None:
+        """The files of a delivered object were deleted; its row stays as the record."""
+        self._set(uid, InstanceState.DONE, purged_at=time.time())
+
+    def retry(self, uid: str, spool_path: Path | None = None) -> bool:
+        """Give a failed instance or study another go: an instance goes back to be transcoded
+        (from `spool_path` when its source was moved back from quarantine), with its deaths and
+        attempts forgotten; a study waits to be classified again. False when `uid` names
+        nothing that failed."""
+        now = time.time()
+        with self._lock:
+            values = "state=?, error='', worker_deaths=0, attempts=0, next_attempt_at=0, " \
+                     "updated_at=?" + (", spool_path=?" if spool_path is not None else "")
+            args: tuple = (InstanceState.RECEIVED.value, now) + \
+                ((str(spool_path),) if spool_path is not None else ())
+            changed = self._db.execute(
+                f"UPDATE instances SET {values} WHERE sop_instance_uid=? AND state=?",
+                (*args, uid, InstanceState.FAILED.value)).rowcount
+            changed += self._db.execute(
+                "UPDATE studies SET state=?, error='', worker_deaths=0, next_attempt_at=0, "
+                "updated_at=? WHERE study_uid=? AND state=?",
+                (StudyState.WAITING.value, now, uid, StudyState.FAILED.value)).rowcount
+        return changed > 0
+
     def failures(self) -> list[Failure]:
         """Every failed instance and study with its reason, newest first."""
         with self._lock:
@@ -505,7 +557,8 @@ class JobStore:
         with self._lock:
             rows = self._db.execute(
                 f"SELECT site, outputs FROM instances WHERE {self._kind}=? AND state IN "
-                f"({marks}) ORDER BY site, received_at", (ObjectKind(kind).value, *states)
+                f"({marks}) AND {self._purged}=0 ORDER BY site, received_at",
+                (ObjectKind(kind).value, *states)
             ).fetchall()
         out: dict[str, list[Path]] = {}
         for site, outputs in rows:

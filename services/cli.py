@@ -135,6 +135,54 @@ def status(
 
 
 @app.command()
+def retry(
+    uids: Annotated[list[str] | None, typer.Argument(help="SOP Instance UIDs (or Study Instance "
+                                                          "UIDs of failed inferences).")] = None,
+    all_failed: Annotated[bool, typer.Option("--all-failed", help="Every failed item.")] = False,
+    config: Annotated[Path | None, typer.Option(help="node.yaml; default: the built-in config.")
+                      ] = None,
+) -> None:
+    """Give failed items another go (see `dicomcr status --failed`); a running node takes them
+    up. A source kept in quarantine goes back to the spool."""
+    import sqlite3
+
+    from dicomcr.jobs import JobStore
+
+    from .receiver import Spool
+
+    if not uids and not all_failed:
+        fail("name the UIDs to retry, or --all-failed")
+    settings = _config(config)
+    root = Path(settings.node.storage)
+    path = root / "jobs.sqlite"
+    if not path.is_file():
+        fail(f"no job store at {path}: has the node run with this configuration?")
+    spool = Spool(root)
+    try:
+        with JobStore(path) as store:
+            failed = {f.uid: f for f in store.failures()}
+            wanted = list(failed) if all_failed else list(uids or [])
+            unknown = [uid for uid in wanted if uid not in failed]
+            for uid in wanted:
+                item = failed.get(uid)
+                if item is None:
+                    continue
+                back = None
+                if item.where is not None and item.where.parent == spool.quarantine:
+                    back = spool.spool / f"{uid}.dcm"
+                    item.where.replace(back)
+                    item.where.with_suffix(".reason.txt").unlink(missing_ok=True)
+                store.retry(uid, back)
+                console.print(f"retrying {item.what} {uid}", highlight=False)
+    except (sqlite3.Error, OSError) as exc:
+        fail(f"cannot retry: {exc}")
+    if not wanted:
+        console.print("nothing failed", highlight=False)
+    if unknown:
+        fail("not failed (see dicomcr status --failed): " + ", ".join(unknown))
+
+
+@app.command()
 def conformance(
     out: Annotated[Path | None, typer.Option(help="Write here instead of printing.")] = None,
 ) -> None:

@@ -115,7 +115,9 @@ def statement() -> str:
         "the image's own transfer syntax and, for uncompressed images, Explicit and Implicit VR "
         "Little Endian. Forwarded JPEG 2000 images are therefore proposed in JPEG 2000 only. "
         "Verification is proposed by `dicomcr echo`. A Warning status (0xB000, 0xB006, 0xB007) "
-        "counts as stored; any other non-Success status is retried with exponential back-off.",
+        "counts as stored; any other non-Success status is retried with exponential back-off. An "
+        "image whose SOP class and transfer syntax the peer accepted no presentation context for "
+        "is not sent; the failure names both, and the forwarder retries it like a failed store.",
         "",
         "With inference configured (a site's `model` or `inference.model`), the node also creates "
         "and sends, for each study, one Secondary Capture Image (1.2.840.10008.5.1.4.1.1.7, RGB, "
@@ -134,8 +136,12 @@ def statement() -> str:
         "",
         "With `node.tls` (certificate and key), the SCP speaks the Basic TLS Secure Transport "
         "Connection Profile (TLS 1.2 or later) on its port; with `node.tls.ca` as well, clients "
-        "must present a certificate signed by that CA. Without it the port is plain TCP. No user "
-        "identity negotiation; AE title checks are not authentication.",
+        "must present a certificate signed by that CA. Without it the port is plain TCP. As SCU, "
+        "the forwarder speaks TLS 1.2 or later to a destination with `tls`: the peer's "
+        "certificate must be signed by `tls.ca` (else by one of the system's CAs), the node "
+        "presents `tls.cert` and `tls.key` when given, and the host name is checked only with "
+        "`tls.verify_hostname`. No user identity negotiation; AE title checks are not "
+        "authentication.",
         "",
         "## 5. Character sets",
         "",

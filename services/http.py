@@ -25,6 +25,8 @@ COUNTERS = {
     "disk_full_retries": "Transcodes, inferences or job-store writes put back: the disk was full.",
     "transcode_worker_deaths": "Transcoding worker processes that died (the pool was rebuilt).",
     "inference_worker_deaths": "Inference processes that died (the process was restarted).",
+    "dead_lettered": "Tasks RabbitMQ gave up after the delivery limit (recorded as failed jobs).",
+    "purged": "Delivered objects whose files were deleted (node.retention_days).",
 }
 STAGES = ("receive", "transcode", "forward", "inference")
 

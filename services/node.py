@@ -239,6 +239,9 @@ class Node:
         warnings += sorted(set(self.model_problems.values()))
         if self.ctx is not None:
             warnings += self.ctx.queue.warnings()
+        forward = self._stages.get(Loop.FORWARD)
+        if isinstance(forward, ForwardStage) and store_ok:
+            warnings += forward.warnings()
         if self.failures or not store_ok:
             status = NodeStatus.FAILED
         elif self._stopping.is_set():
@@ -278,6 +281,11 @@ class Node:
             gauges.append(Gauge("transcode_worker_peak_rss_bytes",
                                 "The largest resident memory a transcoding worker reported.",
                                 int(transcode.peak_rss_mb * 2**20)))
+        forward = self._stages.get(Loop.FORWARD)
+        if isinstance(forward, ForwardStage):
+            gauges += [Gauge("destination_up", "0 while the last tries to deliver there failed.",
+                             int(health.failing_since is None), {"destination": name})
+                       for name, health in forward.health.items()]
         gauges += [Gauge("loop_up", "1 while the loop runs.", int(thread.is_alive()),
                          {"loop": loop.value}) for loop, thread in self._threads.items()]
         return gauges

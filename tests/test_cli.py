@@ -16,7 +16,7 @@ from dicomcr.data.dataset import PHANTOM_DICOM
 from dicomcr.models import CNN3, CNN3Spec
 from dicomcr.models.modelfile import ModelInfo, save_model
 
-NODE_COMMANDS = {"serve", "worker", "status", "conformance", "demo"}
+NODE_COMMANDS = {"serve", "worker", "status", "retry", "conformance", "demo"}
 
 
 def _names(app) -> set[str]:

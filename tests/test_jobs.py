@@ -8,6 +8,7 @@ import contextlib
 import math
 import re
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -307,3 +308,18 @@ def test_status_without_a_store_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["status", "--config", str(config)])
     assert result.exit_code == 2 and "no job store" in result.output
     assert not (tmp_path / "data" / "jobs.sqlite").exists()
+
+
+def test_only_delivered_objects_are_offered_for_deletion(tmp_path: Path) -> None:
+    with JobStore(tmp_path / "jobs.sqlite") as store:
+        for uid in ("1.1", "1.2", "1.3"):
+            _receive(store, uid, study="1.9")
+        store.transcoded("1.2", [tmp_path / "1.2.dcm"])  # waiting for its destination
+        store.transcoded("1.3", [tmp_path / "1.3.dcm"])
+        store.done("1.3")
+        store.failed("1.1", "bad")  # failed: kept for a retry
+        later = time.time() + 1
+        assert [j.sop_instance_uid for j in store.delivered_before(later)] == ["1.3"]
+        store.purged("1.3")
+        assert store.delivered_before(later) == []
+        assert store.outputs_by_site() == {"a": [tmp_path / "1.2.dcm"]}  # only what is kept

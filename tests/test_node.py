@@ -178,13 +178,25 @@ def test_unknown_ae_and_bad_instances_are_refused_and_the_node_keeps_serving(
 def test_destination_down_then_up_and_a_killed_node_loses_nothing(
         small_cohort: Path, tmp_path: Path) -> None:
     port = free_port()  # Orthanc will come up here later
+    http_port = free_port()
     node = NodeProcess(tmp_path / "node", {"host": "127.0.0.1", "port": port,
-                                            "ae_title": "ORTHANC"})
+                                            "ae_title": "ORTHANC"}, http_port=http_port)
     files = _study(small_cohort, 1)
     assert storescu(node.port, MG_B, *files).returncode == 0
     time.sleep(2)  # transcoded, forwarding fails and is retried
     node.kill()  # SIGKILL: every acknowledged instance must survive it
     node.start()
+
+    def said() -> list[str]:
+        return json.loads(_http(http_port, "/healthz"))["warnings"]
+
+    deadline = time.monotonic() + 30  # the destination down: /healthz says so, and what waits
+    while not any("destination pacs unreachable" in w for w in said()):
+        assert time.monotonic() < deadline, said()
+        time.sleep(0.25)
+    (warning,) = said()
+    assert "4 objects waiting, the oldest received" in warning and "retries so far" in warning
+    assert 'dicomcr_destination_up{destination="pacs"} 0' in _http(http_port, "/metrics")
     pacs = Orthanc(tmp_path / "orthanc", dicom_port=port)
     try:
         stored = pacs.wait_for(4)
@@ -192,6 +204,8 @@ def test_destination_down_then_up_and_a_killed_node_loses_nothing(
         assert len(pacs.get("/instances")) == 4  # once each
         for tags in stored:
             assert float(tags["LossyImageCompressionRatio"]) == pytest.approx(100, rel=0.02)
+        assert said() == []
+        assert 'dicomcr_destination_up{destination="pacs"} 1' in _http(http_port, "/metrics")
     finally:
         pacs.stop()
         assert node.terminate() == 0
@@ -357,5 +371,29 @@ def test_killed_while_forwarding_every_instance_arrives_once(
         assert len(orthanc.get("/instances")) == len(files) == len(stored)
         sources = {t["SourceImageSequence"][0]["ReferencedSOPInstanceUID"] for t in stored}
         assert sources == {pydicom.dcmread(p).SOPInstanceUID for p in files}
+    finally:
+        assert node.terminate() == 0
+
+
+def test_retention_deletes_what_was_delivered_and_nothing_else(small_cohort: Path,
+                                                               tmp_path: Path) -> None:
+    """node.retention_days: a delivered object's files go once it is older than that (here
+    about 4 s); the archive keeps its copies (hard links), the job store its rows."""
+    archive = tmp_path / "archive"
+    node = NodeProcess(tmp_path / "node", {"folder": str(archive)}, retention_days=0.00005)
+    data = node.folder / "data"
+    try:
+        assert storescu(node.port, MG_A, *_study(small_cohort, 0)).returncode == 0
+        deadline = time.monotonic() + 60
+        while len(list(archive.rglob("*.dcm"))) < 4:
+            assert time.monotonic() < deadline, "the study was not archived"
+            time.sleep(0.25)
+        while list((data / "spool").glob("*.dcm")) or list((data / "out").rglob("*.dcm")):
+            assert time.monotonic() < deadline, "delivered files were not deleted"
+            time.sleep(0.25)
+        for kept in archive.rglob("*.dcm"):  # the archive's own links: whole images still
+            assert pydicom.dcmread(kept).pixel_array.size > 0
+        status = runner.invoke(app, ["status", "--config", str(node.config)])
+        assert status.exit_code == 0 and "queue depth: 0" in status.output, status.output
     finally:
         assert node.terminate() == 0

@@ -22,8 +22,9 @@ from peers import Orthanc, free_port, require
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from test_inference import model  # noqa: F401  (the fixture: a small CNN3 model file)
-from test_node import MG_A, NodeProcess, _pacs, echoscu, storescu
+from test_node import MG_A, NodeProcess, _pacs, echoscu, runner, storescu
 
+from services.cli import app
 from services.node import EXIT_LOOP_FAILED
 
 ENCODER, INFERENCE = "dicomcr-encode", "dicomcr-infer"  # the worker processes' names
@@ -179,8 +180,21 @@ def test_a_job_that_kills_its_worker_three_times_fails_into_quarantine(
         assert storescu(node.port, MG_A, other).returncode == 0  # everything else goes on
         _wait(lambda: len(list(archive.rglob("*.dcm"))) == 1, "the next image did not arrive")
         (arrived,) = archive.rglob("*.dcm")
-        assert pydicom.dcmread(arrived).SourceImageSequence[0].ReferencedSOPInstanceUID == \
-            _uids([other])[0]
+        made = pydicom.dcmread(arrived)
+        assert made.SourceImageSequence[0].ReferencedSOPInstanceUID == _uids([other])[0]
+        # one naming scheme for an archive: <Study Instance UID>/<SOP Instance UID>.dcm
+        assert arrived == archive / made.StudyInstanceUID / f"{made.SOPInstanceUID}.dcm"
+
+        # The operator lists what failed, and gives it another go: its source leaves quarantine.
+        listed = runner.invoke(app, ["status", "--config", str(node.config), "--failed"])
+        assert listed.exit_code == 0 and uid in listed.output and error in listed.output
+        again = runner.invoke(app, ["retry", uid, "--config", str(node.config)])
+        assert again.exit_code == 0 and f"retrying image {uid}" in again.output, again.output
+        assert not quarantined.exists() and not list(quarantined.parent.glob("*.reason.txt"))
+        _wait(lambda: len(list(archive.rglob("*.dcm"))) == 2, "the retried image did not arrive")
+        assert _job(node, uid)[0] == "done"
+        nothing = runner.invoke(app, ["retry", uid, "--config", str(node.config)])
+        assert nothing.exit_code == 2 and "not failed" in nothing.output
     finally:
         assert node.terminate() == 0
 

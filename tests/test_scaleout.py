@@ -234,7 +234,7 @@ def test_a_task_that_kills_its_worker_every_time_is_dead_lettered_and_shown_fail
         status = runner.invoke(app, ["status", "--config", str(node.config), "--failed"])
         assert status.exit_code == 0 and "delivery limit" in status.output, status.output
         metrics = _metrics(http_port)
-        assert metrics["dicomcr_failed_total"] == 1
+        assert metrics["dicomcr_failed_total"] == 1 and metrics["dicomcr_dead_lettered_total"] == 1
         with JobStore.open_readonly(node.folder / "data" / "jobs.sqlite") as store:
             (failed,) = store.failures()
         assert "delivery limit" in failed.error and failed.what == "image"

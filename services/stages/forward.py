@@ -8,21 +8,58 @@ replaces itself at the peer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import pydicom
+import pydicom.errors
 
 from dicomcr.config import DicomDestination, FolderDestination
 from dicomcr.jobs import Job, ObjectKind
-from dicomcr.net.scu import NetworkError, Peer, send
+from dicomcr.net.scu import ClientTLS, NetworkError, Peer, send
 
 from .context import NodeContext
 
 log = logging.getLogger("dicomcr.node")
 
 BATCH = 32  # objects per association
+RETENTION_SWEEP_SECONDS = 60.0  # how often delivered objects past node.retention_days are deleted
+
+
+@dataclass
+class DestinationHealth:
+    """How the last tries to deliver to one destination went (for /healthz and /metrics)."""
+
+    failing_since: float | None = None  # the first failure of the current run of failures
+    error: str = ""
+    failures: int = 0  # consecutive batches that failed
+
+    def report(self, ok: bool, error: str = "") -> None:
+        if ok:
+            self.failing_since, self.error, self.failures = None, "", 0
+        else:
+            if self.failing_since is None:
+                self.failing_since = time.time()
+            self.error, self.failures = error, self.failures + 1
+
+
+def _client_tls(destination: DicomDestination) -> ClientTLS | None:
+    """The destination's `tls:` as the SCU's TLS setting (files read at each association)."""
+    tls = destination.tls
+    return None if tls is None else ClientTLS(tls.ca, tls.cert, tls.key, tls.verify_hostname)
+
+
+def archive_path(folder: Path, source: Path) -> Path:
+    """Where a folder destination keeps an object: `<folder>/<Study Instance UID>/<SOP Instance
+    UID>.dcm`, the object's own UIDs, whatever made it (transcoded, passed through, derived)."""
+    header = pydicom.dcmread(source, stop_before_pixels=True,
+                             specific_tags=["StudyInstanceUID", "SOPInstanceUID"])
+    return Path(folder) / str(header.StudyInstanceUID) / f"{header.SOPInstanceUID}.dcm"
 
 
 def place(source: Path, target: Path) -> None:
@@ -46,6 +83,22 @@ class ForwardStage:
         self.images = ctx.config.forward.to
         inference = ctx.config.inference
         self.derived = (inference.send_to if inference else None) or self.images
+        self._next_sweep = 0.0
+        self.health = {name: DestinationHealth() for name in dict.fromkeys(
+            (self.images, self.derived))}
+
+    def warnings(self) -> list[str]:
+        """A line per destination that the last tries could not deliver to, with what waits."""
+        failing = {name: h for name, h in self.health.items() if h.failing_since is not None}
+        if not failing:
+            return []
+        backlog = self.ctx.store.forward_backlog()
+        oldest = ("" if backlog.oldest_received_at is None else
+                  f", the oldest received {time.time() - backlog.oldest_received_at:.0f} s ago")
+        return [f"destination {name} unreachable for {time.time() - h.failing_since:.0f} s "
+                f"({h.failures} failed tries; last: {h.error}): {backlog.waiting} objects "
+                f"waiting{oldest}, {backlog.retries} retries so far"
+                for name, h in failing.items()]
 
     def busy(self) -> bool:
         return False
@@ -53,6 +106,7 @@ class ForwardStage:
     def step(self, accepting: bool) -> None:
         if not accepting:
             return
+        self._sweep()
         jobs = self.ctx.store.to_forward(BATCH)
         if not jobs:
             self.ctx.stop.wait(self.ctx.poll)
@@ -62,28 +116,50 @@ class ForwardStage:
             if not batch:
                 continue
             start = time.perf_counter()
-            self._forward(batch, self.ctx.config.destinations[name])
+            self._forward(batch, name)
             for _ in batch:
                 self.ctx.metrics.observe("forward", (time.perf_counter() - start) / len(batch))
+
+    def _sweep(self) -> None:
+        """node.retention_days: delete the files of objects delivered longer ago than that (never
+        one not yet delivered, never anything outside the storage folder), at most every minute."""
+        days = self.ctx.config.node.retention_days
+        if days is None or time.monotonic() < self._next_sweep:
+            return
+        keep = days * 86400
+        self._next_sweep = time.monotonic() + min(RETENTION_SWEEP_SECONDS, keep / 4)
+        root = self.ctx.root.resolve()
+        for job in self.ctx.store.delivered_before(time.time() - keep):
+            for path in {job.spool_path, *job.outputs}:
+                if path.resolve().is_relative_to(root):
+                    path.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):  # out/<uid>/<cr>/ and out/<uid>/, if empty
+                        path.parent.rmdir()
+                        path.parent.parent.rmdir()
+            self.ctx.store.purged(job.sop_instance_uid)
+            self.ctx.metrics.count("purged")
 
     def _destination(self, job: Job) -> str:
         return self.derived if job.kind is ObjectKind.DERIVED else self.images
 
-    def _forward(self, jobs: list[Job], destination: DicomDestination | FolderDestination) -> None:
+    def _forward(self, jobs: list[Job], name: str) -> None:
         ctx = self.ctx
+        destination: DicomDestination | FolderDestination = ctx.config.destinations[name]
         failed: dict[str, str] = {}
         if isinstance(destination, FolderDestination):
             for job in jobs:
                 try:
                     for path in job.outputs:
-                        place(path, Path(destination.folder) / job.sop_instance_uid / path.name)
-                except OSError as exc:  # a full or unwritable archive: retried like a peer's no
+                        place(path, archive_path(Path(destination.folder), path))
+                except (OSError, pydicom.errors.InvalidDicomError) as exc:  # a full or
+                    # unwritable archive: retried like a peer's no
                     failed[job.sop_instance_uid] = str(exc)
                     log.warning("archiving %s into %s failed: %s", job.sop_instance_uid,
                                 destination.folder, exc)
         else:
             peer = Peer(destination.host, destination.port, destination.ae_title,
-                        ctx.config.node.ae_title, timeout=ctx.config.node.network_timeout)
+                        ctx.config.node.ae_title, timeout=ctx.config.node.network_timeout,
+                        tls=_client_tls(destination))
             by_path = {path: job for job in jobs for path in job.outputs}
             try:
                 for result in send(peer, list(by_path)):
@@ -93,6 +169,7 @@ class ForwardStage:
                 failed.update({job.sop_instance_uid: str(exc) for job in jobs
                                if job.sop_instance_uid not in failed})
                 log.warning("forwarding to %s failed: %s", peer, exc)
+        self.health[name].report(len(failed) < len(jobs), next(iter(failed.values()), ""))
         retry = ctx.config.forward
         for job in jobs:
             if job.sop_instance_uid in failed:

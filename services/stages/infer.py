@@ -129,6 +129,8 @@ class InferenceStage(QueuedStage):
                 log.info("study %s classified: %s", uid, ", ".join(
                     f"{k} {v:.3f}" for k, v in sorted(result.probabilities.items())))
             case Outcome.FAILED | Outcome.DEAD_LETTERED:
+                if result.outcome is Outcome.DEAD_LETTERED:
+                    ctx.metrics.count("dead_lettered")
                 self._failed(uid, result.error)
             case Outcome.DISK_FULL:
                 ctx.note_disk_full(OSError(result.error))

@@ -87,6 +87,7 @@ class TranscodeStage(QueuedStage):
             case Outcome.WORKER_DIED:
                 self._worker_died(job)
             case Outcome.DEAD_LETTERED:
+                ctx.metrics.count("dead_lettered")
                 self._give_up(job, result.error)
 
     def _later(self, job: Job, error: str) -> None:
