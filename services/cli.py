@@ -107,13 +107,22 @@ def status(
         fail(f"cannot read the job store {path}: {exc}")
     out = Console(width=80)  # readable in a log or a small window
     if failed:
-        if not failures:
+        # Refused at receive (answered with a failure status, never acknowledged: the sender
+        # still has them) are in quarantine with a reason file and no job.
+        kept = {item.where for item in failures if item.where is not None}
+        quarantine = Path(settings.node.storage) / "quarantine"
+        refused = [reason for reason in sorted(quarantine.glob("*.reason.txt"))
+                   if reason.with_name(reason.name.replace(".reason.txt", ".dcm")) not in kept]
+        if not failures and not refused:
             out.print("nothing failed", highlight=False)
         for item in failures:  # one block each: UIDs are long, reasons longer
             out.print(f"{item.what} {item.uid} (site {item.site})", highlight=False)
             out.print(f"  why:   {item.error}", highlight=False)
             if item.where is not None:
                 out.print(f"  where: {item.where}", highlight=False)
+        for reason in refused:
+            out.print(f"refused at receive, never acknowledged: {reason.name}", highlight=False)
+            out.print(f"  why:   {reason.read_text().strip()}", highlight=False)
         return
     table = Table(title=f"dicomcr node {settings.node.ae_title}", title_justify="left",
                   caption=str(path), caption_justify="left")

@@ -292,6 +292,10 @@ def test_an_image_whose_pixel_module_lies_is_refused_at_receive(small_cohort: Pa
         assert len(reasons) == 1
         assert "BitsAllocated 7 is neither 1 nor a multiple of 8" in reasons[0].read_text()
         assert not list((node.folder / "data" / "spool").glob("*.dcm"))  # never acknowledged
+        listed = runner.invoke(app, ["status", "--config", str(node.config), "--failed"])
+        assert listed.exit_code == 0, listed.output
+        assert "refused at receive, never acknowledged" in listed.output
+        assert "BitsAllocated 7 is neither 1 nor a multiple of 8" in listed.output
         assert echoscu(node.port) == 0
         assert storescu(node.port, MG_A, good).returncode == 0  # still serving
     finally:
