@@ -201,7 +201,10 @@ class Node:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, stopping)
         self.start()
-        self._wake.wait()
+        # A timed wait: the handler runs in this same thread, and a signal that lands inside
+        # Event.wait between its check of the flag and its sleep would otherwise be lost.
+        while not self._wake.wait(0.5):
+            pass
         failures = self.failures
         if failures:
             log.error("stopping: %s; exiting with status %d for a restart",
