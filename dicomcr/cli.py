@@ -427,8 +427,13 @@ def train(
     columns: ColumnsOpt = None,
     cache: CacheOpt = None,
     workers: WorkersOpt = 0,
+    nproc: Annotated[int, typer.Option(
+        help="Train on N processes of this machine with DistributedDataParallel (torchrun; gloo "
+             "on the CPU, NCCL with one GPU each). Across machines run `torchrun ... -m dicomcr "
+             "train` on each (README).")] = 1,
 ) -> None:
     """Train a classifier at one CR or a CR mixture; split by patient 7:1:2, early stopping on val AUROC."""
+    from dicomcr.experiments.distributed import TrainRequest, World, launch
     from dicomcr.experiments.run import Events, train_classifier
 
     if (cr is None) == (cr_mix is None):
@@ -440,7 +445,24 @@ def train(
     options = _options(epochs, batch_size, seed, device)
     p = _preprocessing(input_size)
     network = _network(arch, imagenet_weights)
+    world = World.from_env()
+    if nproc != 1 and (world is not None or nproc < 1):
+        fail(f"--nproc {nproc}: give N >= 2, outside torchrun (under torchrun its own "
+             "--nproc-per-node says it)")
+    if world is not None and not world.leader:
+        console.quiet = True  # one rank speaks
     breasts = _dataset(data, layout, labels_csv, columns)
+    if nproc > 1:
+        console.print(f"training on {nproc} processes (torchrun, DistributedDataParallel)")
+        try:
+            trained = launch(TrainRequest(breasts, crs, out, _cache(cache, data), network,
+                                          options, p, _workers(workers)), nproc,
+                             echo=lambda line: console.print(line, markup=False,
+                                                             highlight=False))
+        except ValueError as exc:
+            fail(str(exc))
+        _print_trained(trained, arch)
+        return
     with _bars() as bar:
         pre = bar.add_task("preprocess", total=None, unit="views (missing from the cache)",
                            status="", visible=False)
@@ -458,7 +480,8 @@ def train(
                                        workers=_workers(workers), events=events)
         except ValueError as exc:
             fail(str(exc))
-    _print_trained(trained, arch)
+    if world is None or world.leader:
+        _print_trained(trained, arch)
 
 
 def _print_trained(trained, arch: str) -> None:
@@ -634,10 +657,25 @@ def cv(
     columns: ColumnsOpt = None,
     cache: CacheOpt = None,
     workers: WorkersOpt = 0,
+    executor: Annotated[str, typer.Option(
+        help="Where the fold x model cells run: local (here, one after another) or ray (each "
+             "cell a Ray task; the cache and --out on storage every node sees).")] = "local",
+    address: Annotated[str | None, typer.Option(
+        help="--executor ray: the cluster to join (HOST:PORT from `ray start --head`, or auto); "
+             "default: RAY_ADDRESS, else a Ray started here.")] = None,
+    cell_cpus: Annotated[int | None, typer.Option(
+        help="CPU threads of each cell; default: every core (local), 1 per task (ray). The same "
+             "value gives bit-identical results with either executor.")] = None,
 ) -> None:
     """Five-fold cross-validation of the paper's experiments: Table 1, --cross Table 2, --augment Fig. 4."""
+    from dicomcr.experiments.executors import RayUnavailable
+    from dicomcr.experiments.executors import executor as make_executor
     from dicomcr.experiments.run import Events, run_cv
 
+    if executor not in ("local", "ray"):
+        fail(f"unknown executor {executor!r}; choose local or ray")
+    if address is not None and executor != "ray":
+        fail("--address is for --executor ray")
     crs = _crs(cr or ["paper"])
     options = _options(epochs, batch_size, seed, device)
     p = _preprocessing(input_size)
@@ -664,11 +702,12 @@ def cv(
                         preprocess=lambda done, total: bar.update(pre, completed=done,
                                                                   total=total, visible=True))
         try:
-            run = run_cv(breasts, crs, out, _cache(cache, data), folds=folds, cross=cross,
-                         augment=augment, saliency=saliency, network=network, options=options,
-                         preprocessing=p, workers=_workers(workers), events=events,
-                         source=str(data))
-        except ValueError as exc:
+            with make_executor(executor, address, cell_cpus) as cells:
+                run = run_cv(breasts, crs, out, _cache(cache, data), folds=folds, cross=cross,
+                             augment=augment, saliency=saliency, network=network,
+                             options=options, preprocessing=p, workers=_workers(workers),
+                             events=events, source=str(data), executor=cells)
+        except (ValueError, RayUnavailable) as exc:
             fail(str(exc))
         bar.update(task, total=len(run.plans) * folds, completed=len(run.plans) * folds)
     if run.reused:

@@ -62,7 +62,7 @@ if sys.version_info < (3, 11):
 PY
 [ -x .venv/bin/python ] || python3 -m venv .venv
 extra=""
-if [ "${1:-}" = "test" ]; then extra="[test]"; fi
+if [ "${1:-}" = "test" ]; then extra="[test,cluster]"; fi
 echo "installing dicomcr${extra} into .venv (PyTorch included, this takes a minute)"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extra}"
 echo "ready: .venv/bin/dicomcr"

@@ -21,6 +21,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from ..outputs import write_text_atomically
 from .metrics import auprc_bootstrap, auroc_by_group, auroc_delong, delong_paired
 from .splits import patient_labels, require_patients
 from .train import Samples, TrainOptions, operating_threshold, predict, train_model
+
+if TYPE_CHECKING:
+    from .executors import CellExecutor
 
 
 @dataclass(frozen=True)
@@ -349,29 +353,39 @@ def cross_validate(plans: list[ModelPlan], folds: list[Fold], keys: list[str],
                    identity: Callable[[ModelPlan, Fold], str], results: ResultsDir,
                    on_fold: Callable[[ModelPlan, Fold, bool], None] | None = None,
                    on_epoch: Callable[[dict], None] | None = None,
-                   on_model: Callable[[ModelPlan, FoldResult, nn.Module], None] | None = None
-                   ) -> list[FoldResult]:
-    """Every plan on every fold; folds already in `results` with the same identity are loaded.
+                   on_model: Callable[[ModelPlan, FoldResult, nn.Module], None] | None = None,
+                   executor: CellExecutor | None = None) -> list[FoldResult]:
+    """Every plan on every fold; folds already in `results` with the same identity are loaded,
+    the others computed by `executor` (default: here, one after another) and saved as each
+    arrives.
 
     Each fold trains with seed `options.seed + fold index`, so folds differ and reruns agree.
-    `on_fold(plan, fold, reused)` is called before each fold; `on_epoch` after each epoch;
-    `on_model(plan, result, network)` with each newly trained network, before its result is kept."""
-    out = []
+    `on_fold(plan, fold, reused)` is called for each finished fold first, then for each fold the
+    executor starts; `on_epoch` after each epoch (local executor); `on_model(plan, result,
+    network)` with each newly trained network, before its result is kept. The results come back
+    in plan order, fold by fold, whatever order they were computed in."""
+    from .executors import Cell, CellEvents, CellWork, LocalExecutor
+
+    found: dict[tuple[str, int], FoldResult] = {}
+    cells = []
     for plan in plans:
         for fold in folds:
             ident = identity(plan, fold)
             done = results.load(plan.name, fold.index, ident)
-            if on_fold:
-                on_fold(plan, fold, done is not None)
             if done is None:
-                fold_options = TrainOptions(**{**asdict(options), "seed": options.seed + fold.index})
-                done, network = run_fold(plan, fold, keys, patient_of, inputs, labels, build,
-                                         fold_options, ident, on_epoch)
-                if on_model:
-                    on_model(plan, done, network)
-                results.save(done)
-            out.append(done)
-    return out
+                cells.append(Cell.of(plan, fold, ident, options))
+                continue
+            found[plan.name, fold.index] = done
+            if on_fold:
+                on_fold(plan, fold, True)
+    work = CellWork(tuple(keys), tuple(patient_of), inputs, labels, build)
+    events = CellEvents((lambda c: on_fold(c.plan, c.fold, False)) if on_fold else None, on_epoch)
+    for computed in (executor or LocalExecutor()).run(cells, work, events):
+        if on_model:
+            on_model(computed.cell.plan, computed.result, computed.network)
+        results.save(computed.result)
+        found[computed.cell.plan.name, computed.cell.fold.index] = computed.result
+    return [found[plan.name, fold.index] for plan in plans for fold in folds]
 
 
 def _mine(plan: ModelPlan, results: list[FoldResult]) -> list[FoldResult]:

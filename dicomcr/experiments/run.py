@@ -29,6 +29,13 @@ from ..models.modelfile import ModelFileError, ModelInfo, load_model, save_model
 from ..models.resnet18 import imagenet_weights_path
 from ..outputs import output_file, output_folder
 from . import cv as cvlib
+from .distributed import (
+    World,
+    operating_threshold_shared,
+    predict_shared,
+    train_model_distributed,
+)
+from .executors import CellExecutor, LocalExecutor
 from .metrics import Estimate, auroc_delong
 from .report import FIGURES, REPORT, write_figures
 from .saliency import SaliencyRow, cv_saliency, input_mask
@@ -116,11 +123,13 @@ def reachable(breasts: list[Breast], crs: list[float], events: Events | None = N
 
 
 def preprocess(breasts: list[Breast], crs: list[float], preprocessing: Preprocessing,
-               cache: Path, workers: int = 1, events: Events | None = None) -> BreastInputs:
-    """The breasts' inputs at every CR (cached), with a readable error when an image fails."""
+               cache: Path, workers: int = 1, events: Events | None = None,
+               executor: CellExecutor | None = None) -> BreastInputs:
+    """The breasts' inputs at every CR (cached; what the cache lacks computed by `executor`,
+    default here with `workers` processes), with a readable error when an image fails."""
     try:
-        return breast_inputs(breasts, crs, preprocessing, cache, workers,
-                             (events or Events()).preprocess)
+        return (executor or LocalExecutor()).preprocess(breasts, crs, preprocessing, cache,
+                                                        workers, (events or Events()).preprocess)
     except (InputError, ValueError, OSError) as exc:
         raise ValueError(f"preprocessing failed: {exc}") from exc
 
@@ -145,16 +154,27 @@ def train_classifier(breasts: list[Breast], crs: list[float], out: Path, cache: 
                      events: Events | None = None) -> TrainedModel:
     """Train at one CR or a CR mixture (`crs`) on a 7:1:2 patient split; write the model file
     `out` with its input geometry, operating threshold and test AUROC per CR. None: defaults
-    (CNN3, `TrainOptions()`, the paper's preprocessing with the canvas from the data)."""
+    (CNN3, `TrainOptions()`, the paper's preprocessing with the canvas from the data).
+
+    Under torchrun with several processes (WORLD_SIZE > 1) it trains with DDP (`distributed`):
+    every rank returns the same `TrainedModel`, rank 0 alone writes `out` and reports `events`."""
     network, options = network or Network(), options or TrainOptions()
     preprocessing, events = preprocessing or Preprocessing(), events or Events()
+    world = World.from_env()
+    if world is not None and not world.leader:
+        events = Events()  # one rank speaks
     architecture, weights = _network(network, events)
     labels = np.array([b.malignant for b in breasts])
     train_ids, val_ids, test_ids = split_patients([b.patient_id for b in breasts],
                                                   labels.tolist(), options.seed)
     output_file(out)  # a bad path is said now, not after training
     crs = list(reachable(breasts, crs, events).kept)
+    device = world.start(options) if world is not None else torch.device("cpu")
+    if world is not None and world.local_rank != 0:
+        world.barrier()  # each machine's first process fills the cache, the others then read it
     inputs = preprocess(breasts, crs, preprocessing, cache, workers, events)
+    if world is not None and world.local_rank == 0:
+        world.barrier()
     p = inputs.preprocessing
     build, spec = _builder(architecture, weights, p.model_input)
 
@@ -162,17 +182,27 @@ def train_classifier(breasts: list[Breast], crs: list[float], out: Path, cache: 
         return np.array([i for i, b in enumerate(breasts) if b.patient_id in ids], dtype=int)
 
     validation = Samples.of(inputs.arrays, labels, rows(val_ids), crs)
-    result = train_model(build, Samples.of(inputs.arrays, labels, rows(train_ids), crs),
-                         validation, options, events.epoch)
-    threshold, rule = operating_threshold(result.model, validation)
+    training = Samples.of(inputs.arrays, labels, rows(train_ids), crs)
+    if world is None:
+        result = train_model(build, training, validation, options, events.epoch)
+        threshold, rule = operating_threshold(result.model, validation)
+
+        def score(samples: Samples) -> np.ndarray:
+            return predict(result.model, samples, device)
+    else:
+        result = train_model_distributed(build, training, validation, options, world,
+                                         events.epoch)
+        threshold, rule = operating_threshold_shared(result.model, validation, world, device)
+
+        def score(samples: Samples) -> np.ndarray:
+            return predict_shared(result.model, samples, world, device)
     test_rows = rows(test_ids)
     report: dict = {"best_epoch": result.best_epoch, "val_auroc": result.best_validation_auroc,
                     "threshold_rule": rule,
                     "split": [len(train_ids), len(val_ids), len(test_ids)]}
     tested: dict[float, Estimate | str] = {}
     for c in crs:
-        scores = predict(result.model, Samples.of(inputs.arrays, labels, test_rows, [c]),
-                         torch.device("cpu"))
+        scores = score(Samples.of(inputs.arrays, labels, test_rows, [c]))
         try:
             tested[c] = auroc_delong(labels[test_rows], scores)
         except ValueError as exc:  # a test split too small for an interval: said, not hidden
@@ -182,7 +212,10 @@ def train_classifier(breasts: list[Breast], crs: list[float], out: Path, cache: 
     info = ModelInfo(architecture=architecture, spec=spec, preprocessing=p.as_dict(),
                      trained_crs=list(crs), data_fingerprint=fingerprint(breasts),
                      threshold=threshold, validation=report)
-    save_model(result.model, info, out)
+    if world is None or world.leader:
+        save_model(result.model.cpu(), info, out)
+    if world is not None:
+        world.stop()  # after rank 0 wrote the file
     return TrainedModel(Path(out), info, (len(train_ids), len(val_ids), len(test_ids)),
                         result.best_epoch, result.best_validation_auroc, threshold, rule, tested)
 
@@ -255,11 +288,14 @@ def run_cv(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *, f
            cross: bool = False, augment: bool = False, saliency: bool = False,
            network: Network | None = None, options: TrainOptions | None = None,
            preprocessing: Preprocessing | None = None, workers: int = 1,
-           events: Events | None = None, source: str = "") -> CVRun:
+           events: Events | None = None, source: str = "",
+           executor: CellExecutor | None = None) -> CVRun:
     """Table 1 (each M-CRx at x), with `cross` Table 2 (every model at every CR), with `augment`
     Fig. 4 (M-CR1-x); `saliency` scores Grad-CAM against the lesion masks. Results go to `out`:
-    finished folds there (same inputs) are reused, not retrained. None: defaults as in
-    `train_classifier`; `source` names the data in results.json."""
+    finished folds there (same inputs) are reused, not retrained, whichever executor computed
+    them. None: defaults as in `train_classifier`; `source` names the data in results.json;
+    `executor` computes the cache and the cells (default `LocalExecutor()`: here, one after
+    another; a `RayExecutor` wants `cache` and `out` on storage every node sees)."""
     network, options = network or Network(), options or TrainOptions()
     preprocessing, events = preprocessing or Preprocessing(), events or Events()
     reach = reachable(breasts, crs, events)
@@ -270,7 +306,7 @@ def run_cv(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *, f
     labels = np.array([b.malignant for b in breasts])
     fold_list = cvlib.cv_folds(patient_of, labels.tolist(), folds, options.seed)
     output_folder(out)
-    inputs = preprocess(breasts, crs, preprocessing, cache, workers, events)
+    inputs = preprocess(breasts, crs, preprocessing, cache, workers, events, executor)
     p = inputs.preprocessing
     masks = {}
     if saliency:
@@ -307,7 +343,7 @@ def run_cv(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *, f
     try:
         results = cvlib.cross_validate(plans, fold_list, [b.key for b in breasts], patient_of,
                                        inputs.arrays, labels, build, options, identity,
-                                       results_dir, on_fold, events.epoch, on_model)
+                                       results_dir, on_fold, events.epoch, on_model, executor)
     except ValueError as exc:
         raise ValueError(f"training failed: {exc}") from exc
     finding_of = cvlib.findings_of(breasts)
