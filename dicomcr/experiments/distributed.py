@@ -18,7 +18,6 @@ torchrun is started on each with the same rendezvous (README, "Experiments").
 
 from __future__ import annotations
 
-import copy
 import os
 import pickle
 import subprocess
@@ -37,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..models import pick_device
 from .metrics import youden_threshold
-from .train import Samples, TrainOptions, TrainResult, _batches, predict
+from .train import BestEpoch, Samples, TrainOptions, TrainResult, _batches, predict
 
 
 @dataclass(frozen=True)
@@ -146,7 +145,7 @@ def train_model_distributed(build: Callable[[], nn.Module], train: Samples, vali
     weight = torch.tensor((1 - positives) / max(positives, 1e-6), device=device)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=weight)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
+    best = BestEpoch(model, options.patience)
     history = []
     for epoch in range(1, options.epochs + 1):
         order = np_rng.permutation(len(train))  # the same on every rank: same seed
@@ -174,13 +173,10 @@ def train_model_distributed(build: Callable[[], nn.Module], train: Samples, vali
         history.append(record)
         if progress and world.leader:
             progress(record)
-        if auroc > best[0]:
-            best = (auroc, epoch, copy.deepcopy(model.state_dict()))
-        elif epoch - best[1] >= options.patience:
+        if best.stop_after(epoch, auroc, model):
             break
-    model.load_state_dict(best[2])
-    model.eval()
-    return TrainResult(model, best[1], best[0], history)
+    best.restore(model)
+    return TrainResult(model, best.epoch, best.auroc, history)
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,28 @@ def operating_threshold(model: nn.Module, validation: Samples) -> tuple[float, s
     return youden_threshold(validation.labels, scores), "Youden's J on validation"
 
 
+class BestEpoch:
+    """Early stopping on validation AUROC: keeps the weights of the best epoch so far and says
+    when `patience` epochs have passed without a better one (shared by the single-process and
+    the distributed training)."""
+
+    def __init__(self, model: nn.Module, patience: int) -> None:
+        self.auroc, self.epoch, self.patience = -1.0, 0, patience
+        self.state = copy.deepcopy(model.state_dict())
+
+    def stop_after(self, epoch: int, auroc: float, model: nn.Module) -> bool:
+        """Record `epoch`'s validation AUROC; True when training should stop."""
+        if auroc > self.auroc:
+            self.auroc, self.epoch, self.state = auroc, epoch, copy.deepcopy(model.state_dict())
+            return False
+        return epoch - self.epoch >= self.patience
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best epoch's weights into `model`, in evaluation mode."""
+        model.load_state_dict(self.state)
+        model.eval()
+
+
 def train_model(build: Callable[[], nn.Module], train: Samples, validation: Samples,
                 options: TrainOptions, progress: Callable[[dict], None] | None = None
                 ) -> TrainResult:
@@ -140,7 +162,7 @@ def train_model(build: Callable[[], nn.Module], train: Samples, validation: Samp
     weight = torch.tensor((1 - positives) / max(positives, 1e-6), device=device)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=weight)  # the classes are unbalanced
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
+    best = BestEpoch(model, options.patience)
     history = []
     for epoch in range(1, options.epochs + 1):
         order = np_rng.permutation(len(train))
@@ -163,10 +185,7 @@ def train_model(build: Callable[[], nn.Module], train: Samples, validation: Samp
         history.append(record)
         if progress:
             progress(record)
-        if auroc > best[0]:
-            best = (auroc, epoch, copy.deepcopy(model.state_dict()))
-        elif epoch - best[1] >= options.patience:
+        if best.stop_after(epoch, auroc, model):
             break
-    model.load_state_dict(best[2])
-    model.eval()
-    return TrainResult(model.cpu(), best[1], best[0], history)
+    best.restore(model)
+    return TrainResult(model.cpu(), best.epoch, best.auroc, history)
