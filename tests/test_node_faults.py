@@ -192,7 +192,7 @@ def test_a_job_that_kills_its_worker_three_times_fails_into_quarantine(
         assert again.exit_code == 0 and f"retrying image {uid}" in again.output, again.output
         assert not quarantined.exists() and not list(quarantined.parent.glob("*.reason.txt"))
         _wait(lambda: len(list(archive.rglob("*.dcm"))) == 2, "the retried image did not arrive")
-        assert _job(node, uid)[0] == "done"
+        _wait(lambda: _job(node, uid)[0] == "done", "the retried image was not marked done")
         nothing = runner.invoke(app, ["retry", uid, "--config", str(node.config)])
         assert nothing.exit_code == 2 and "not failed" in nothing.output
     finally:
