@@ -275,15 +275,18 @@ class JobStore:
                  path.stat().st_size, InstanceState.TRANSCODED.value,
                  json.dumps([str(path)]), now, now))
 
-    def _set(self, uid: str, where_state: InstanceState | None = None, **values: object) -> int:
-        """UPDATE one instance (only while in `where_state`, when given); the rows changed."""
+    def _set(self, uid: str, where_state: InstanceState | tuple[InstanceState, ...] | None = None,
+             **values: object) -> int:
+        """UPDATE one instance (only while in `where_state`, or one of them, when given); the
+        rows changed."""
         values["updated_at"] = time.time()
         columns = ", ".join(f"{k}=?" for k in values)
         args: tuple = (*values.values(), uid)
         condition = "sop_instance_uid=?"
         if where_state is not None:
-            condition += " AND state=?"
-            args += (where_state.value,)
+            states = (where_state,) if isinstance(where_state, InstanceState) else where_state
+            condition += f" AND state IN ({', '.join('?' * len(states))})"
+            args += tuple(state.value for state in states)
         with self._lock:
             return self._db.execute(f"UPDATE instances SET {columns} WHERE {condition}",
                                     args).rowcount
@@ -301,11 +304,9 @@ class JobStore:
     def transcoded(self, uid: str, outputs: list[Path]) -> None:
         """Its outputs are written. Only a received or queued instance: one that was re-sent
         meanwhile and transcoded again keeps its newer record."""
-        self._set(uid, InstanceState.QUEUED, state=InstanceState.TRANSCODED.value,
-                  outputs=json.dumps([str(p) for p in outputs]), error="", next_attempt_at=0) \
-            or self._set(uid, InstanceState.RECEIVED, state=InstanceState.TRANSCODED.value,
-                         outputs=json.dumps([str(p) for p in outputs]), error="",
-                         next_attempt_at=0)
+        self._set(uid, (InstanceState.QUEUED, InstanceState.RECEIVED),
+                  state=InstanceState.TRANSCODED.value,
+                  outputs=json.dumps([str(p) for p in outputs]), error="", next_attempt_at=0)
 
     def failed(self, uid: str, error: str, quarantined: Path | None = None) -> None:
         """Give up on an instance; `quarantined` is where its source was moved, if it was."""
@@ -430,10 +431,6 @@ class JobStore:
                           (InstanceState.TRANSCODED.value, time.time() if now is None else now),
                           order="next_attempt_at, received_at", limit=limit)
 
-    def in_flight(self) -> list[Job]:
-        """Instances handed to a worker and awaiting its result, oldest first."""
-        return self._jobs("state=?", (InstanceState.QUEUED.value,))
-
     def _study_files(self, study_uid: str) -> tuple[bool, tuple[Path, ...]]:
         """(whether an image of the study is still to transcode, its images' outputs). Call
         with the lock held."""
@@ -462,15 +459,6 @@ class JobStore:
                 if not pending and files and (len(files) >= views or now - last >= stable_seconds):
                     ready.append(StudyJob(study, site, files, deaths))
         return ready
-
-    def studies_in_flight(self) -> list[StudyJob]:
-        """Studies handed to an inference worker and awaiting its result, with their files."""
-        with self._lock:
-            queued = self._db.execute(
-                f"SELECT study_uid, site, {self._study_deaths} FROM studies WHERE state=? "
-                "ORDER BY updated_at", (StudyState.QUEUED.value,)).fetchall()
-            return [StudyJob(study, site, self._study_files(study)[1], deaths)
-                    for study, site, deaths in queued]
 
     def study_states(self) -> dict[StudyState, int]:
         """{state: number of studies}, for the states that have any."""

@@ -51,13 +51,13 @@ def check_models(models: dict[str, Path | None]) -> tuple[dict[str, Path | None]
 class InferenceStage(QueuedStage):
     """Publishes the studies ready for inference and records their objects; `step` is a round."""
 
+    in_flight: dict[str, StudyJob]  # handed out, by study UID
     kind = TaskKind.INFER
 
     def __init__(self, ctx: NodeContext, models: dict[str, Path | None],
                  problems: dict[str, str], device: str) -> None:
         super().__init__(ctx)
         self.models, self.problems, self.device = models, problems, device
-        self.in_flight: dict[str, StudyJob] = {}
 
     # -- out ---------------------------------------------------------------------------------
     def _publish(self) -> None:

@@ -67,7 +67,6 @@ TRANSFER_SYNTAXES = (
 )
 
 
-
 class _IncomingFile:
     """The file one arriving dataset is written into; see IncomingFiles."""
 
@@ -144,7 +143,6 @@ class IncomingFiles:
         return incoming.dropped if incoming is not None else None
 
 
-
 class ReceiveStage:
     """The SCP: `start` listens, `stop` stops accepting and lets running associations finish."""
 
@@ -216,7 +214,6 @@ class ReceiveStage:
                         "abort associations", getattr(dimse_messages, "__version__", ""))
             tempfile.tempdir = str(self.ctx.spool.incoming)
 
-
     def start(self) -> None:
         """Listen on the configured host and port (TLS when configured), without blocking."""
         node = self.ctx.config.node
@@ -237,7 +234,6 @@ class ReceiveStage:
             context.verify_mode = ssl.CERT_REQUIRED
             context.load_verify_locations(tls.ca)
         return context
-
 
     def stop(self) -> None:
         """No new associations; the running ones finish (up to the network timeout), the rest

@@ -25,11 +25,11 @@ log = logging.getLogger("dicomcr.node")
 class TranscodeStage(QueuedStage):
     """Publishes what is to transcode and records the results; `step` is one round."""
 
+    in_flight: dict[str, Job]  # handed out, by SOP Instance UID
     kind = TaskKind.TRANSCODE
 
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__(ctx)
-        self.in_flight: dict[str, Job] = {}
         self.peak_rss_mb = 0.0  # the largest a worker process has been, for /metrics
 
     # -- out ---------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -147,19 +146,10 @@ def _read_result(kind: TaskKind, path: Path) -> list[Result] | None:
     """The results a worker left at `path`, or None while there are none (or half written)."""
     try:
         data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except ValueError:
+    except (FileNotFoundError, ValueError):
         return None
     parse = TranscodeResult.from_dict if kind is TaskKind.TRANSCODE else InferenceResult.from_dict
     return [parse(item) for item in data]
-
-
-@dataclass(frozen=True)
-class _Published:
-    task: Task
-    result: Path
-    at: float
 
 
 class AmqpQueue:
@@ -173,9 +163,11 @@ class AmqpQueue:
         self.results_folder.mkdir(parents=True, exist_ok=True)
         self.app = celery_app(url, delivery_limit)
         self._lock = threading.Lock()
-        self._published: dict[TaskKind, dict[str, _Published]] = {k: {} for k in TaskKind}
+        # {kind: {task id: its result file}}: what was published and has not come back
+        self._published: dict[TaskKind, dict[str, Path]] = {k: {} for k in TaskKind}
         self._dead: dict[TaskKind, list[Result]] = {k: [] for k in TaskKind}
         self._dead_lock = threading.Lock()
+        self._dead_connection = None  # kombu Connection, see _drain_dead_letters
         self._next_dead_check = 0.0
         self._broker_error: tuple[float, str] | None = None
         self._publisher: tuple | None = None  # (connection, producer)
@@ -232,7 +224,7 @@ class AmqpQueue:
                                        f"task: {exc}") from exc
         self._broker_error = None
         with self._lock:
-            self._published[task.kind][task_id] = _Published(task, result, time.time())
+            self._published[task.kind][task_id] = result
 
     # -- results ----------------------------------------------------------------------------
     def results(self, kind: TaskKind, timeout: float) -> list[Result]:
@@ -247,13 +239,13 @@ class AmqpQueue:
         with self._lock:
             published = list(self._published[kind].items())
         found: list[Result] = []
-        for task_id, item in published:
-            results = _read_result(kind, item.result)
+        for task_id, path in published:
+            results = _read_result(kind, path)
             if results is None:
                 continue
             with self._lock:
                 self._published[kind].pop(task_id, None)
-            item.result.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             found += results
         return found
 
@@ -269,21 +261,32 @@ class AmqpQueue:
         return found
 
     def _drain_dead_letters(self) -> None:
+        """Read the dead-letter queue on a connection of its own (held under `_dead_lock`,
+        opened once and again after a failure, not once a second)."""
         from kombu import Connection, Queue
 
         if self._publisher is None:  # nothing published yet (or the broker is down)
             return
         try:
-            with Connection(self.url, connect_timeout=PUBLISH_TIMEOUT_SECONDS) as connection:
-                queue = Queue(DEAD_LETTER_QUEUE, channel=connection.default_channel,
-                              no_declare=True)
-                while (message := queue.get(no_ack=False, accept=["json"])) is not None:
-                    self._record_dead(message.headers or {}, message.payload)
-                    message.ack()
+            if self._dead_connection is None:
+                self._dead_connection = Connection(self.url,
+                                                   connect_timeout=PUBLISH_TIMEOUT_SECONDS)
+            queue = Queue(DEAD_LETTER_QUEUE, channel=self._dead_connection.default_channel,
+                          no_declare=True)
+            while (message := queue.get(no_ack=False, accept=["json"])) is not None:
+                self._record_dead(message.headers or {}, message.payload)
+                message.ack()
             if self._publisher is not None:  # the broker answers again
                 self._broker_error = None
         except Exception as exc:  # the broker is down: said in warnings, read again later
+            self._drop_dead_connection()
             self._broker_error = (time.time(), f"{type(exc).__name__}: {exc}")
+
+    def _drop_dead_connection(self) -> None:
+        if self._dead_connection is not None:
+            with contextlib.suppress(Exception):
+                self._dead_connection.close()
+            self._dead_connection = None
 
     def _record_dead(self, headers: dict, payload: object) -> None:
         """One dead-lettered task message (Celery's protocol 2: headers name the task and its
@@ -327,4 +330,6 @@ class AmqpQueue:
     def close(self) -> None:
         with self._publish_lock:
             self._drop_publisher()
+        with self._dead_lock:
+            self._drop_dead_connection()
         self.app.close()

@@ -63,10 +63,6 @@ class TranscodeTask:
 
     kind = TaskKind.TRANSCODE
 
-    @property
-    def key(self) -> str:
-        return self.sop_instance_uid
-
     def to_dict(self) -> dict:
         return {"sop_instance_uid": self.sop_instance_uid, "source": str(self.source),
                 "out": str(self.out), "policy": str(self.policy)}
@@ -89,11 +85,6 @@ class TranscodeResult:
     peak_rss_mb: float = 0.0
     error: str = ""
 
-    kind = TaskKind.TRANSCODE
-
-    @property
-    def key(self) -> str:
-        return self.sop_instance_uid
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -136,10 +127,6 @@ class InferenceTask:
 
     kind = TaskKind.INFER
 
-    @property
-    def key(self) -> str:
-        return ",".join(s.study_uid for s in self.studies)
-
     def to_dict(self) -> dict:
         return {"model": str(self.model), "device": self.device,
                 "studies": [s.to_dict() for s in self.studies]}
@@ -170,11 +157,6 @@ class InferenceResult:
     seconds: float = 0.0
     error: str = ""
 
-    kind = TaskKind.INFER
-
-    @property
-    def key(self) -> str:
-        return self.study_uid
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -241,7 +223,7 @@ def run_transcode(task: TranscodeTask) -> TranscodeResult:
         return TranscodeResult(uid, Outcome.FAILED, seconds=seconds, peak_rss_mb=peak_rss_mb(),
                                error=failed[0].error)
     achieved = rows[0].achieved_cr if rows else None
-    return TranscodeResult(uid, Outcome.DONE, tuple(Path(row.output) for row in rows), achieved,
+    return TranscodeResult(uid, Outcome.DONE, tuple(row.output for row in rows), achieved,
                            seconds, peak_rss_mb())
 
 

@@ -101,7 +101,6 @@ class LocalQueue:
 
     def __init__(self, workers: int, on_death: Callable[[TaskKind], None] = lambda kind: None
                  ) -> None:
-        self.workers = workers
         self._pools = {
             TaskKind.TRANSCODE: WorkerPool(workers, "dicomcr-encode",
                                            lambda: on_death(TaskKind.TRANSCODE)),
