@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# What ran in the one GPU session these experiments had (an H200, 16 cores; 15 minutes of device
+# time, one call): the CUDA lines of bench/train.py and bench/cv.py, then a phantom cohort and a
+# cv at the paper's 30 % pitch on CUDA, then the same cohort at 512 and 256 while time is left.
+# Run from the repository root; the carried wheels (.whl) supply what the machine's image lacks.
+# Everything a step finishes is copied to $OUT before the next starts, so a step cut short by the
+# deadline loses only itself.
+#
+#   OUT=/tmp/out STUDIES=300 DEADLINE=540 bash docs/experiments/gpu/run.sh
+set -u
+START=$(date +%s)
+DEADLINE=${DEADLINE:-540}    # seconds for the whole script
+STUDIES=${STUDIES:-300}
+SIZE=${SIZE:-full}
+EXTRA=${EXTRA:-}             # extra cv options (a smoke test passes --epochs 2 --folds 3)
+DEVICE=${DEVICE:-cuda}       # a smoke test on a machine without a GPU passes cpu
+BENCH=${BENCH:-1}
+WHL=${WHL:-.whl}             # wheels of what the machine's image lacks
+OUT=${OUT:?OUT must name a folder}
+left() { echo $((DEADLINE - ($(date +%s) - START))); }
+log() { echo "[$(($(date +%s) - START)) s] $*"; }
+
+if [ -d "$WHL" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site "$WHL"/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
+python3 -c "import torch, numpy; print('torch', torch.__version__, 'numpy', numpy.__version__,
+'cuda', torch.cuda.is_available(), torch.get_num_threads(), 'threads')" || exit 1
+
+# the roomiest of /tmp, $HOME and here; a full-size study takes about 70 MB, its cache 10 MB
+read -r AVAIL MOUNT < <(df --output=avail,target /tmp "$HOME" "$PWD" | tail -n +2 | sort -n |
+                        tail -1)
+EXP=${MOUNT%/}/dicomcr-gpu
+mkdir -p "$EXP"
+FITS=$(((AVAIL / 1000000 - 8) * 1000 / 80))
+[ "$FITS" -lt "$STUDIES" ] && STUDIES=$FITS
+log "working in $EXP: $((AVAIL / 1000000)) GB free, $STUDIES studies"
+
+if [ "$BENCH" = 1 ]; then
+    log "bench/train.py"
+    timeout 150 python3 bench/train.py --samples 128
+    log "bench/cv.py"
+    timeout 150 python3 bench/cv.py
+fi
+
+pack() {  # one results folder as one file under $OUT (model files stay behind: too large)
+    tar czf "$OUT/$1.tgz" --exclude='*.dcmcr' -C "$EXP" "$1" 2>/dev/null
+    log "packed $1: $(du -h "$OUT/$1.tgz" | cut -f1)"
+}
+
+log "phantom: $STUDIES studies"
+timeout "$(left)" python3 -m dicomcr phantom "$EXP/cohort" --studies "$STUDIES" --seed 2026 \
+    --size "$SIZE" --force || exit 1
+cp "$EXP/cohort/labels.csv" "$OUT/labels.csv"
+du -sh "$EXP/cohort"
+
+for size in paper 512 256; do
+    if [ "$(left)" -lt 60 ]; then log "no time left for $size"; break; fi
+    opts=(); [ "$size" != paper ] && opts=(--input-size "$size")
+    log "cv at $size, CR 1 and 11000, --cross, $DEVICE"
+    timeout "$(($(left) - 15))" python3 -m dicomcr cv "$EXP/cohort" --cr 1 --cr 11000 --cross \
+        --device "$DEVICE" "${opts[@]}" $EXTRA --out "$EXP/cnn3-$size"
+    log "cv at $size: exit $?"
+    pack "cnn3-$size"
+done
+log "done"
