@@ -173,10 +173,11 @@ def test_local_executor_threads_are_checked() -> None:
 
 @pytest.fixture(scope="module")
 def easy_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Conspicuous lesions, a third of the studies malignant: two of each class in the test
-    split, so that its AUROC is computed."""
+    """A cohort CNN3 learns from (about 0.7 to 0.8 test AUROC): 400 small GE studies with
+    conspicuous lesions, a third of them malignant. On fewer studies CNN3 stays near chance and a
+    comparison of two trainings measures chance, not DDP (bench/ddp.py)."""
     out = tmp_path_factory.mktemp("ddp-cohort")
-    write_cohort(CohortSpec(n_studies=30, seed=3, size="small", vendor="ge",
+    write_cohort(CohortSpec(n_studies=400, seed=3, size="small", vendor="ge",
                             difficulty=Difficulty.named("conspicuous"),
                             mix=CohortMix(0.5, 0.17, 0.33)), out)
     return out
@@ -184,13 +185,14 @@ def easy_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_train_on_two_processes_with_ddp(easy_cohort: Path, tmp_path: Path) -> None:
     """Two processes under torchrun (gloo): one model file, rank 0's, that `evaluate` reads,
-    trained on the same split with the threshold chosen the same way.
+    trained on the same split with the threshold chosen the same way, whose test AUROC is within
+    0.05 of the single-process model's.
 
-    Not asserted: the issue's "test AUROC within 0.05 of the single-process model's". On a
-    cohort this small CNN3 stays near chance (the single-process model's test AUROC moves by
-    0.15 to 0.3 from one seed to the next), so the two AUROCs differ by chance, not by DDP."""
-    args = ["--cr", "20", "--epochs", "4", "--input-size", "64", "--batch-size", "8",
-            "--seed", "1", "--workers", "1"]
+    The two are not the same computation (each process normalises its half of a batch, draws
+    its own dropout masks), so they differ as two seeds would: over seeds 1 to 3 on this cohort
+    by +0.034, -0.004 and -0.010; on 800 studies over five seeds by +0.018 on average (95 % CI
+    -0.017 to +0.054), one seed of five beyond 0.05 (bench/ddp.py; README, "Experiments")."""
+    args = ["--cr", "1", "--epochs", "20", "--seed", "1", "--workers", "2"]
     single = runner.invoke(app, ["train", str(easy_cohort), *args, "--out",
                                  str(tmp_path / "one" / "m.dcmcr")])
     assert single.exit_code == 0, single.output
@@ -203,10 +205,12 @@ def test_train_on_two_processes_with_ddp(easy_cohort: Path, tmp_path: Path) -> N
     _, two = load_model(tmp_path / "two" / "m.dcmcr")
     assert two.validation["split"] == one.validation["split"] and 0 < two.threshold < 1
     assert two.validation["threshold_rule"] == "Youden's J on validation"
-    assert 1 <= two.validation["best_epoch"] <= 4 and 0 <= two.validation["val_auroc"] <= 1
-    assert 0 <= two.validation["test_auroc_cr20"][0] <= 1
+    assert 1 <= two.validation["best_epoch"] <= 20
+    auroc_one, auroc_two = one.validation["test_auroc_cr1"][0], two.validation["test_auroc_cr1"][0]
+    assert auroc_one > 0.65, f"the single-process model did not learn ({auroc_one:.3f})"
+    assert abs(auroc_two - auroc_one) <= 0.05, (auroc_one, auroc_two)
     evaluated = runner.invoke(app, ["evaluate", str(tmp_path / "two" / "m.dcmcr"),
-                                    str(easy_cohort), "--workers", "1"])
+                                    str(easy_cohort), "--workers", "2"])
     assert evaluated.exit_code == 0, evaluated.output
     assert "95% CI" in evaluated.output
 

@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# What ran in the one GPU session these experiments had (an H200, 16 cores; 15 minutes of device
-# time, one call): the CUDA lines of bench/train.py and bench/cv.py, then a phantom cohort and a
-# cv at the paper's 30 % pitch on CUDA, then the same cohort at 512 and 256 while time is left.
+# The script for a GPU session (prepared for an H200 with 16 cores and 15 minutes of device time,
+# one call; not run yet: the session it was written in was lent no machine): the CUDA lines of
+# bench/train.py and bench/cv.py, then a phantom cohort and a cv at the paper's 30 % pitch on
+# CUDA, then the same cohort at 512 and 256 while time is left. Tried end to end on the CPU
+# (DEVICE=cpu, 20 studies, 2 epochs, 3 folds) in an environment made of the GPU image's packages.
 # Run from the repository root; the carried wheels (.whl) supply what the machine's image lacks.
 # Everything a step finishes is copied to $OUT before the next starts, so a step cut short by the
 # deadline loses only itself.
 #
 #   OUT=/tmp/out STUDIES=300 DEADLINE=540 bash docs/experiments/gpu/run.sh
+#
+# The wheels (the image has torch, numpy, scipy, scikit-learn, matplotlib, typer, rich, pyyaml,
+# safetensors; Python 3.12), made where pip reaches an index, in .git/info/exclude's /.whl/:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+#     -d .whl pydicom==3.0.2 pynetdicom==3.0.4 pylibjpeg==2.1.0 pylibjpeg-openjpeg==2.6.0 \
+#     pylibjpeg-libjpeg==2.4.0 pyjpegls==1.5.1 highdicom==0.28.2 captum==0.9.0 \
+#     pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+#     typing-extensions==4.16.0
 set -u
 START=$(date +%s)
 DEADLINE=${DEADLINE:-540}    # seconds for the whole script
