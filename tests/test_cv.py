@@ -23,6 +23,8 @@ from dicomcr.experiments.cv import (
     summarise_findings,
 )
 from dicomcr.experiments.metrics import auroc_delong, delong_paired
+from dicomcr.experiments.paper import TABLE1_CNN3, TABLE2_MCR1
+from dicomcr.experiments.report import auroc_cr_panels
 from dicomcr.experiments.saliency import energy_inside, pointing_game, wilson
 from dicomcr.models.modelfile import load_model
 from dicomcr.phantom import CohortSpec, write_cohort
@@ -162,6 +164,18 @@ def test_paired_tests_and_findings_from_fold_results() -> None:
     assert "carry no finding types" in findings_note([], unknown)
     assert findings_note(found, finding_of) == ""
 
+    # AUROC against CR: each model at its own CR and M-CR1 at every CR, beside the paper's CNN3
+    panels = auroc_cr_panels(list(rows.values()))
+    (own, paper_own), (reference, paper_reference) = panels.values()
+    assert {(r.model, r.test_cr) for r in own} == {("M-CR1", 1), ("M-CR20", 20)}
+    assert {(r.model, r.test_cr) for r in reference} == {("M-CR1", 1), ("M-CR1", 20)}
+    assert paper_own == TABLE1_CNN3 and paper_reference == TABLE2_MCR1
+    assert [p.auroc for p in TABLE2_MCR1 if p.cr in (1, 5000, 10000, 11000)] == \
+        [0.87, 0.84, 0.73, 0.71]  # the paper's Table 2 (a), row M-CR1
+    assert all(paper == () for _, paper in auroc_cr_panels(list(rows.values()),
+                                                           "resnet18").values())
+    assert auroc_cr_panels([rows["M-CR1", 1]]) == {}  # one point: no figure
+
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -197,7 +211,7 @@ def test_cv_writes_tables_figures_and_resumes(cohort: Path, tmp_path: Path) -> N
     assert document["folds"]["M-CR1-20"]["2"]["threshold"] == info.threshold
     for name in ("results.csv", "results.json", "predictions.csv", "findings.csv",
                  "fig2_roc_pr.png", "table2_auroc.png", "table2_auprc.png", "fig4_augment.png",
-                 "fig_findings.png"):
+                 "fig_findings.png", "fig_auroc_cr.png"):
         assert (out / name).stat().st_size > 0, name
     assert "AUROC minus M-CR1's" in first.output  # the paired tests and the findings, printed
     assert "AUROC of each malignant finding type" in first.output
@@ -273,7 +287,7 @@ def test_cv_writes_tables_figures_and_resumes(cohort: Path, tmp_path: Path) -> N
     page = (out / "report.html").read_text()
     assert "Table 1" in page and "Table 2" in page and "Figure 4" in page
     assert "Paired tests" in page and "Per finding type" in page
-    assert page.count("data:image/png;base64,") == 5 and "pointing game" not in page  # rerun
+    assert page.count("data:image/png;base64,") == 6 and "pointing game" not in page  # rerun
     assert "http://" not in page and "https://" not in page  # viewable offline
 
 
@@ -310,7 +324,8 @@ def test_a_results_folder_describes_one_run(cohort: Path, tmp_path: Path) -> Non
     assert runner.invoke(app, ["report", str(out)]).exit_code == 0
     page = (out / "report.html").read_text()
     assert "Figure 4" not in page and "pointing game" not in page  # not this run's
-    assert page.count("data:image/png;base64,") == 2  # Fig. 2 and the findings figure
+    assert page.count("data:image/png;base64,") == 3  # Fig. 2, AUROC against CR, findings
+    assert "AUROC against CR, beside the paper's" in page
     assert "CR 11000 skipped" not in page  # the last run did not ask for it
     names = {p.name for p in out.iterdir() if p.is_file()}
     assert names - {"fig4_augment.png"} == set(json.loads((out / "results.json").read_text())

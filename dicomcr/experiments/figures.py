@@ -1,5 +1,6 @@
 """The paper's figures as functions of the results: Fig. 2 (ROC and PR), Table 2's heat map, Fig. 4,
-and (beyond the paper) the AUROC of each malignant finding type against the test CR.
+and (beyond the paper) AUROC against CR beside the paper's values, and the AUROC of each malignant
+finding type against the test CR.
 
 Each takes arrays or result rows and a path, writes one PNG, and keeps no state (Agg backend).
 """
@@ -17,6 +18,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from ..codec.j2k import cr_short
 from .cv import FindingRow, Row
+from .paper import PaperPoint
 
 
 def roc_pr_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], rows: dict[str, Row],
@@ -139,6 +141,42 @@ def findings_figure(curves: dict[str, list[FindingRow]], path: Path, title: str 
                   title_fontsize=7)
     axes[0][0].set_ylabel("AUROC vs. all non-malignant (95% CI band)")
     fig.suptitle(title or "What compression erases, per malignant finding type")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def auroc_cr_figure(panels: dict[str, tuple[list[Row], tuple[PaperPoint, ...]]], path: Path,
+                    title: str = "") -> None:
+    """AUROC against CR on a log axis, one panel per (our rows, the paper's points): ours as
+    points with their DeLong 95 % CIs, the paper's as a grey line with its CI band."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.2), sharey=True,
+                             squeeze=False)
+    for ax, (name, (rows, paper)) in zip(axes[0], panels.items(), strict=True):
+        if paper:
+            x = [p.cr for p in paper]
+            ax.plot(x, [p.auroc for p in paper], color="0.35", lw=1.2, marker="s", ms=3,
+                    label="paper (CNN3, 9,111 mammograms)")
+            ax.fill_between(x, [p.low for p in paper], [p.high for p in paper], color="0.35",
+                            alpha=0.15, lw=0)
+        mine = sorted(rows, key=lambda r: r.test_cr)
+        x = [r.test_cr for r in mine]
+        y = np.array([r.auroc for r in mine])
+        ax.errorbar(x, y, yerr=[y - [r.auroc_low for r in mine], [r.auroc_high for r in mine] - y],
+                    color="tab:red", marker="o", ms=4, lw=1.2, capsize=3,
+                    label=f"this run ({mine[0].n} breasts, {mine[0].positives} malignant)"
+                    if mine else "this run")
+        crs = sorted(set(x)) or [p.cr for p in paper]  # ticks at this run's CRs
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xticks(crs, _log_labels(crs))
+        ax.minorticks_off()
+        ax.set(xlabel="CR (train and test)" if "own" in name else "test CR", ylim=(0.3, 1.0),
+               title=name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    axes[0][0].set_ylabel("AUROC (95% CI)")
+    fig.suptitle(title or "AUROC against CR, beside the paper's")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -13,14 +13,16 @@ from pathlib import Path
 
 from ..codec.j2k import cr_short
 from .cv import REFERENCE, FindingRow, FoldResult, ModelPlan, Row, pooled
-from .figures import augment_figure, cross_heatmap, findings_figure, roc_pr_figure
+from .figures import augment_figure, auroc_cr_figure, cross_heatmap, findings_figure, roc_pr_figure
+from .paper import TABLE1_CNN3, TABLE2_MCR1
 
 FIG2 = "fig2_roc_pr.png"
 CROSS_AUROC = "table2_auroc.png"
 CROSS_AUPRC = "table2_auprc.png"
 FIG4 = "fig4_augment.png"
 FINDINGS = "fig_findings.png"
-FIGURES = (FIG2, CROSS_AUROC, CROSS_AUPRC, FIG4, FINDINGS)
+AUROC_CR = "fig_auroc_cr.png"
+FIGURES = (FIG2, CROSS_AUROC, CROSS_AUPRC, FIG4, FINDINGS, AUROC_CR)
 REPORT = "report.html"  # where `dicomcr report` writes by default
 OWN_CR = "M-CRx at its own CR"
 
@@ -45,13 +47,35 @@ def finding_curves(findings: list[FindingRow]) -> dict[str, list[FindingRow]]:
     return {name: rows for name, rows in curves.items() if rows}
 
 
+def auroc_cr_panels(rows: list[Row], architecture: str = "cnn3"
+                    ) -> dict[str, tuple[list[Row], tuple]]:
+    """The AUROC-against-CR panels worth drawing: each single-CR model at its own CR (Table 1)
+    when there are several, and M-CR1 at every test CR (Table 2's first row) when it was tested
+    at several; each beside the paper's CNN3 values (none for another architecture)."""
+    cnn3 = architecture == "cnn3"
+    own = [r for r in rows if r.train_crs == f"{r.test_cr:g}"]
+    reference = [r for r in rows if r.model == REFERENCE]
+    panels = {}
+    if len(own) > 1:
+        panels[f"{OWN_CR} (Table 1)"] = (own, TABLE1_CNN3 if cnn3 else ())
+    if len(reference) > 1:
+        panels[f"{REFERENCE} at every test CR (Table 2)"] = (reference,
+                                                             TABLE2_MCR1 if cnn3 else ())
+    return panels
+
+
 def write_figures(root: Path, plans: list[ModelPlan], rows: list[Row],
-                  results: list[FoldResult], findings: list[FindingRow] | None = None
-                  ) -> list[Path]:
+                  results: list[FoldResult], findings: list[FindingRow] | None = None,
+                  architecture: str = "cnn3") -> list[Path]:
     """Fig. 2 always; Table 2's heat maps when single-CR models were tested at other CRs; Fig. 4
     when CR mixtures were trained; the per-finding AUROC against the test CR when the data carry
-    finding types. Returns the paths written."""
+    finding types; AUROC against CR beside the paper's when there are several CRs. Returns the
+    paths written."""
     written = []
+    panels = auroc_cr_panels(rows, architecture)
+    if panels:
+        auroc_cr_figure(panels, root / AUROC_CR)
+        written.append(root / AUROC_CR)
     curves = finding_curves(findings or [])
     if curves:
         findings_figure(curves, root / FINDINGS)
@@ -200,6 +224,9 @@ def write_report(root: Path, target: Path) -> None:
                       _ci(r.auprc, r.auprc_low, r.auprc_high),
                       f"{r.fold_auprc_mean:.3f} ± {r.fold_auprc_sd:.3f}",
                       f"{r.n} ({r.positives})"] for r in own])]
+    if drawn(AUROC_CR):
+        parts += ["<h2>AUROC against CR, beside the paper's</h2>",
+                  _image(root / AUROC_CR, "AUROC against CR beside the paper's")]
     if drawn(FIG2):
         parts += ["<h2>Figure 2: ROC and PR curves</h2>", _image(root / FIG2, "ROC and PR")]
     crs = sorted({r.test_cr for r in rows})

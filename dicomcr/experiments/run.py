@@ -368,7 +368,7 @@ def run_cv(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *, f
                                  f"{results_dir.root / 'folds' / model} to train it again") from exc
 
         scored = cv_saliency(plans, results, [b.key for b in breasts], inputs.arrays, masks, load)
-    figures = write_figures(out, plans, rows, results, findings)
+    figures = write_figures(out, plans, rows, results, findings, architecture)
     written = [*cvlib.write_tables(out, rows, results, meta, scored, findings, finding_of,
                                    figures), *figures]
     stale = cvlib.remove_stale(out, [*cvlib.TABLES, *FIGURES, REPORT], written)
