@@ -294,3 +294,36 @@ def test_the_broker_is_its_own_on_loopback(rabbitmq: RabbitMQ, rabbitmq_factory)
     assert _zombie(pid)
     assert not _listening(epmd_port) and not _listening(other.port)
     assert rabbitmq.ready("nothing-here") is None  # the first broker is untouched
+
+
+def test_an_unreadable_result_fails_its_task_with_the_reason(rabbitmq: RabbitMQ,
+                                                            tmp_path: Path) -> None:
+    """The node's amqp queue on the real broker: a task's result file that is there but cannot
+    be read (corrupt, or a worker of another version wrote it) is not waited on for ever: the
+    task comes back failed, saying why, and the file is kept for whoever looks into it."""
+    from dicomcr.config import Policy
+    from services.workqueue.amqp import AmqpQueue
+    from services.workqueue.base import Outcome, TaskKind, TranscodeTask
+
+    queue = AmqpQueue(rabbitmq.url, tmp_path, DELIVERY_LIMIT)
+    try:
+        for uid, garbage in (("1.2.3.1", "{not json"), ("1.2.3.2", '[{"sop": "1.2.3.2"}]')):
+            queue.submit(TranscodeTask(uid, tmp_path / "in.dcm", tmp_path / "out",
+                                       Policy.parse("20")))
+            assert queue.results(TaskKind.TRANSCODE, timeout=0.3) == []  # no worker: waiting
+            with rabbitmq.connection() as conn:  # take the task as a worker would
+                message = Queue("dicomcr.transcode", channel=conn.default_channel,
+                                no_declare=True).get(no_ack=False, accept=["json"])
+                (task, result_path), _, _ = message.payload
+                message.ack()
+            assert task["sop_instance_uid"] == uid
+            written = Path(result_path)
+            written.write_text(garbage)  # as a worker would leave it: whole
+            (result,) = queue.results(TaskKind.TRANSCODE, timeout=5)
+            assert (result.sop_instance_uid, result.outcome) == (uid, Outcome.FAILED)
+            kept = written.with_suffix(".unreadable")
+            assert "result could not be read" in result.error and str(kept) in result.error
+            assert kept.read_text() == garbage and not written.exists()
+        assert queue.capacity(TaskKind.TRANSCODE) == queue.capacity(TaskKind.INFER)  # none left
+    finally:
+        queue.close()

@@ -12,7 +12,8 @@ failed job with its reason.
 A worker leaves each task's result as JSON in `<storage>/results/<task id>.json` (written then
 renamed, flushed to disk) and the node reads it there: results live on the shared storage, not in
 the broker, and a task run twice (redelivered, or published again after the node restarted)
-writes the same outputs and the same result.
+writes the same outputs and the same result. A result file that cannot be read (corrupt, or from
+a worker of another version) fails its task with the reason, and is kept as `<task id>.unreadable`.
 """
 
 from __future__ import annotations
@@ -142,14 +143,32 @@ def _leave_result(path: Path, results: list[Result]) -> None:
     write_text_atomically(path, json.dumps([r.to_dict() for r in results]), durable=True)
 
 
+class UnreadableResult(ValueError):
+    """A result file that is there but holds no results of its kind: corrupt, or left by a
+    worker of another version (never half written: workers write it whole, then rename it)."""
+
+
 def _read_result(kind: TaskKind, path: Path) -> list[Result] | None:
-    """The results a worker left at `path`, or None while there are none (or half written)."""
+    """The results a worker left at `path`, or None while there are none; UnreadableResult when
+    the file cannot be read as results."""
     try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+        text = path.read_text()
+    except FileNotFoundError:
         return None
     parse = TranscodeResult.from_dict if kind is TaskKind.TRANSCODE else InferenceResult.from_dict
-    return [parse(item) for item in data]
+    try:
+        return [parse(item) for item in json.loads(text)]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UnreadableResult(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _given_up(kind: TaskKind, task: dict, outcome: Outcome, reason: str) -> list[Result]:
+    """A task the node will not get results for (dead-lettered, or its result unreadable), as
+    results with `outcome` and `reason` for each of its keys (`task` as `Task.to_dict` gives)."""
+    if kind is TaskKind.TRANSCODE:
+        return [TranscodeResult(task["sop_instance_uid"], outcome, error=reason)]
+    return [InferenceResult(s["study_uid"], outcome, error=reason)
+            for s in task.get("studies", [])]
 
 
 class AmqpQueue:
@@ -163,8 +182,8 @@ class AmqpQueue:
         self.results_folder.mkdir(parents=True, exist_ok=True)
         self.app = celery_app(url, delivery_limit)
         self._lock = threading.Lock()
-        # {kind: {task id: its result file}}: what was published and has not come back
-        self._published: dict[TaskKind, dict[str, Path]] = {k: {} for k in TaskKind}
+        # {kind: {task id: (its result file, the task)}}: what was published and has not come back
+        self._published: dict[TaskKind, dict[str, tuple[Path, Task]]] = {k: {} for k in TaskKind}
         self._dead: dict[TaskKind, list[Result]] = {k: [] for k in TaskKind}
         self._dead_lock = threading.Lock()
         self._dead_connection = None  # kombu Connection, see _drain_dead_letters
@@ -224,7 +243,7 @@ class AmqpQueue:
                                        f"task: {exc}") from exc
         self._broker_error = None
         with self._lock:
-            self._published[task.kind][task_id] = result
+            self._published[task.kind][task_id] = (result, task)
 
     # -- results ----------------------------------------------------------------------------
     def results(self, kind: TaskKind, timeout: float) -> list[Result]:
@@ -239,8 +258,16 @@ class AmqpQueue:
         with self._lock:
             published = list(self._published[kind].items())
         found: list[Result] = []
-        for task_id, path in published:
-            results = _read_result(kind, path)
+        for task_id, (path, task) in published:
+            try:
+                results = _read_result(kind, path)
+            except UnreadableResult as exc:
+                kept = path.with_suffix(".unreadable")
+                path.replace(kept)  # kept for whoever looks into it; the node fails the task
+                reason = (f"the worker's result could not be read ({exc}); kept as {kept}; "
+                          f"`dicomcr retry` runs it again")
+                log.error("%s task %s: %s", kind.value, task_id, reason)
+                results = _given_up(kind, task.to_dict(), Outcome.FAILED, reason)
             if results is None:
                 continue
             with self._lock:
@@ -306,12 +333,7 @@ class AmqpQueue:
         with self._lock:
             self._published[kind].pop(task_id, None)
         log.error("dead-lettered %s task %s: %s", kind.value, task_id, reason)
-        if kind is TaskKind.TRANSCODE:
-            self._dead[kind].append(TranscodeResult(data["sop_instance_uid"],
-                                                    Outcome.DEAD_LETTERED, error=reason))
-        else:
-            self._dead[kind] += [InferenceResult(s["study_uid"], Outcome.DEAD_LETTERED,
-                                                 error=reason) for s in data.get("studies", [])]
+        self._dead[kind] += _given_up(kind, data, Outcome.DEAD_LETTERED, reason)
 
     def warnings(self) -> list[str]:
         error = self._broker_error
