@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -253,6 +254,13 @@ def test_tls_associations_work_and_plain_ones_fail_cleanly(tmp_path: Path) -> No
            "-aet", MG_A, "127.0.0.1", str(node.port)]
     try:
         assert subprocess.run(tls, capture_output=True, timeout=30).returncode == 0
+        # a client that connects and never starts its handshake does not hold up the others
+        # (pynetdicom's acceptor thread used to do every handshake itself, and hung on this one)
+        with socket.create_connection(("127.0.0.1", node.port)):
+            time.sleep(0.5)
+            started = time.monotonic()
+            assert subprocess.run(tls, capture_output=True, timeout=30).returncode == 0
+            assert time.monotonic() - started < 10
         assert echoscu(node.port) != 0  # plain TCP to the TLS port: refused, not hung
         anonymous = [require("echoscu"), "+tla", "-ic", "-aec", "DICOMCR", "-aet", MG_A,
                      "127.0.0.1", str(node.port)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 import tempfile
 import threading
@@ -65,6 +66,27 @@ TRANSFER_SYNTAXES = (
     JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
     JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K,
 )
+
+
+class HandshakeInAssociation:
+    """The server's SSLContext, handing pynetdicom sockets whose TLS handshake happens in the
+    association's own thread, within the network timeout.
+
+    pynetdicom wraps each accepted socket in its one acceptor thread (`get_request`), where a
+    handshake would block every association behind a client that connects and sends nothing
+    (accepted sockets block without a timeout): one idle TCP connection stopped the SCP. Here
+    the handshake is left to the first read, in the thread that serves the association."""
+
+    def __init__(self, context: ssl.SSLContext, timeout: float) -> None:
+        self.context, self.timeout = context, timeout
+
+    def wrap_socket(self, sock: socket.socket, server_side: bool = False, **_) -> ssl.SSLSocket:
+        sock.settimeout(self.timeout)
+        return self.context.wrap_socket(sock, server_side=server_side,
+                                        do_handshake_on_connect=False)
+
+    def __getattr__(self, name: str):
+        return getattr(self.context, name)
 
 
 class _IncomingFile:
@@ -222,7 +244,7 @@ class ReceiveStage:
             (node.host, node.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
             ssl_context=self._tls())
 
-    def _tls(self) -> ssl.SSLContext | None:
+    def _tls(self) -> HandshakeInAssociation | None:
         """The server's TLS context (DICOM TLS profile: TLS 1.2 or later), when configured."""
         tls = self.ctx.config.node.tls
         if tls is None:
@@ -233,7 +255,7 @@ class ReceiveStage:
         if tls.ca is not None:  # client certificates required, checked against this CA
             context.verify_mode = ssl.CERT_REQUIRED
             context.load_verify_locations(tls.ca)
-        return context
+        return HandshakeInAssociation(context, self.ctx.config.node.network_timeout)
 
     def stop(self) -> None:
         """No new associations; the running ones finish (up to the network timeout), the rest
