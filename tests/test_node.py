@@ -45,6 +45,7 @@ class NodeProcess:
                  **node: object) -> None:
         self.folder = folder
         self.port = free_port()
+        self.http_port = int(node.get("http_port", 0))  # 0: none, or one the node picks
         self.config = folder / "node.yaml"
         folder.mkdir(parents=True, exist_ok=True)
         self.config.write_text(yaml.safe_dump({
@@ -64,6 +65,8 @@ class NodeProcess:
             stdout=self.log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         STARTED.append(self)
         wait_for_port(self.port, self.process, timeout=30)
+        if self.http_port:  # /healthz comes up just after the DICOM port
+            wait_for_port(self.http_port, self.process, timeout=30)
 
     def terminate(self) -> int:
         self.process.send_signal(signal.SIGTERM)
