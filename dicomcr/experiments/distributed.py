@@ -36,7 +36,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..models import pick_device
 from .metrics import youden_threshold
-from .train import BestEpoch, Samples, TrainOptions, TrainResult, _batches, predict
+from .train import (
+    BestEpoch,
+    Optimisation,
+    Samples,
+    TrainOptions,
+    TrainResult,
+    check_classes,
+    epoch_batches,
+    predict,
+)
 
 
 @dataclass(frozen=True)
@@ -125,10 +134,7 @@ def train_model_distributed(build: Callable[[], nn.Module], train: Samples, vali
                             progress: Callable[[dict], None] | None = None) -> TrainResult:
     """`train.train_model` with DDP over `world`: the same options, the global batch split among
     the ranks, the same best epoch and early stop on every rank."""
-    for name, side in (("training", train), ("validation", validation)):
-        if len(np.unique(side.labels)) < 2:
-            raise ValueError(f"the {name} breasts need both classes (malignant and not); they "
-                             f"hold {len(side)} input(s), {int(side.labels.sum())} malignant")
+    check_classes(train, validation)
     if options.batch_size < 2 * world.size:
         raise ValueError(f"--batch-size {options.batch_size} cannot be shared by {world.size} "
                          f"processes (BatchNorm needs two samples on each): at least "
@@ -139,30 +145,14 @@ def train_model_distributed(build: Callable[[], nn.Module], train: Samples, vali
     model = build().to(device, memory_format=torch.channels_last)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                   else None)
-    optimiser = torch.optim.Adam(ddp.parameters(), lr=options.learning_rate,
-                                 betas=(0.9, 0.999), eps=1e-8)
-    positives = float(train.labels.mean())
-    weight = torch.tensor((1 - positives) / max(positives, 1e-6), device=device)
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=weight)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    optimisation = Optimisation.of(ddp, train, options, device)
     best = BestEpoch(model, options.patience)
     history = []
     for epoch in range(1, options.epochs + 1):
         order = np_rng.permutation(len(train))  # the same on every rank: same seed
-        chunks = [order[s:s + options.batch_size] for s in range(0, len(order), options.batch_size)]
-        chunks = [c[world.rank::world.size] for c in chunks if len(c) >= 2 * world.size]
-        total = torch.zeros(2, dtype=torch.float64, device=device)
-        ddp.train()
-        for index, x in zip(chunks, _batches(train, chunks, device), strict=True):
-            y = torch.from_numpy(train.labels[index]).float().to(device)
-            optimiser.zero_grad()
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                loss = loss_fn(ddp(x), y)
-            scaler.scale(loss).backward()  # DDP averages the gradients of the ranks
-            scaler.step(optimiser)
-            scaler.update()
-            total += torch.tensor([float(loss.detach()) * len(index), len(index)],
-                                  dtype=torch.float64, device=device)
+        chunks = epoch_batches(order, options.batch_size, world.rank, world.size)
+        total = torch.tensor(optimisation.epoch(ddp, train, chunks, device), dtype=torch.float64,
+                             device=device)  # (summed loss, samples) of this rank
         dist.all_reduce(total)
         for buffer in model.buffers():  # BatchNorm statistics: rank 0's everywhere
             dist.broadcast(buffer, src=0)

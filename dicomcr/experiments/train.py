@@ -144,41 +144,75 @@ class BestEpoch:
         model.eval()
 
 
-def train_model(build: Callable[[], nn.Module], train: Samples, validation: Samples,
-                options: TrainOptions, progress: Callable[[dict], None] | None = None
-                ) -> TrainResult:
-    """Train the network `build()` makes; keep the weights of the best validation AUROC's epoch."""
+def check_classes(train: Samples, validation: Samples) -> None:
+    """ValueError unless the training and the validation breasts both hold both classes."""
     for name, side in (("training", train), ("validation", validation)):
         if len(np.unique(side.labels)) < 2:
             raise ValueError(f"the {name} breasts need both classes (malignant and not); they "
                              f"hold {len(side)} input(s), {int(side.labels.sum())} malignant")
+
+
+@dataclass
+class Optimisation:
+    """The paper's optimisation of one network: Adam, BCE weighted for the unbalanced classes,
+    mixed precision on CUDA (shared by the single-process and the distributed training)."""
+
+    optimiser: torch.optim.Optimizer
+    loss: nn.Module
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def of(cls, network: nn.Module, train: Samples, options: TrainOptions,
+           device: torch.device) -> Optimisation:
+        optimiser = torch.optim.Adam(network.parameters(), lr=options.learning_rate,
+                                     betas=(0.9, 0.999), eps=1e-8)
+        positives = float(train.labels.mean())
+        weight = torch.tensor((1 - positives) / max(positives, 1e-6), device=device)
+        return cls(optimiser, torch.nn.BCEWithLogitsLoss(pos_weight=weight),  # unbalanced
+                   torch.amp.GradScaler("cuda", enabled=device.type == "cuda"))
+
+    def epoch(self, network: nn.Module, train: Samples, chunks: list[np.ndarray],
+              device: torch.device) -> tuple[float, int]:
+        """One pass over the batches `chunks` of `train`; (summed loss, samples seen)."""
+        total, seen = 0.0, 0
+        network.train()
+        for index, x in zip(chunks, _batches(train, chunks, device), strict=True):
+            y = torch.from_numpy(train.labels[index]).float().to(device)
+            self.optimiser.zero_grad()
+            with torch.autocast(device.type, enabled=device.type == "cuda"):
+                loss = self.loss(network(x), y)
+            self.scaler.scale(loss).backward()  # under DDP the ranks' gradients are averaged
+            self.scaler.step(self.optimiser)
+            self.scaler.update()
+            total, seen = total + float(loss.detach()) * len(index), seen + len(index)
+        return total, seen
+
+
+def epoch_batches(order: np.ndarray, batch_size: int, rank: int = 0, size: int = 1
+                  ) -> list[np.ndarray]:
+    """The batches of one epoch in the shuffled `order`, each process's share of each (every
+    size-th sample from its rank); a batch too small for BatchNorm's two samples per process is
+    left out."""
+    chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    return [c[rank::size] for c in chunks if len(c) >= 2 * size]
+
+
+def train_model(build: Callable[[], nn.Module], train: Samples, validation: Samples,
+                options: TrainOptions, progress: Callable[[dict], None] | None = None
+                ) -> TrainResult:
+    """Train the network `build()` makes; keep the weights of the best validation AUROC's epoch."""
+    check_classes(train, validation)
     device = pick_device(options.device)
     torch.manual_seed(options.seed)
     np_rng = np.random.default_rng(options.seed)
     model = build().to(device, memory_format=torch.channels_last)
-    optimiser = torch.optim.Adam(model.parameters(), lr=options.learning_rate,
-                                 betas=(0.9, 0.999), eps=1e-8)
-    positives = float(train.labels.mean())
-    weight = torch.tensor((1 - positives) / max(positives, 1e-6), device=device)
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=weight)  # the classes are unbalanced
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    optimisation = Optimisation.of(model, train, options, device)
     best = BestEpoch(model, options.patience)
     history = []
     for epoch in range(1, options.epochs + 1):
         order = np_rng.permutation(len(train))
-        chunks = [order[s:s + options.batch_size] for s in range(0, len(order), options.batch_size)]
-        chunks = [c for c in chunks if len(c) >= 2]  # BatchNorm needs two samples
-        total = 0.0
-        model.train()
-        for index, x in zip(chunks, _batches(train, chunks, device), strict=True):
-            y = torch.from_numpy(train.labels[index]).float().to(device)
-            optimiser.zero_grad()
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                loss = loss_fn(model(x), y)
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
-            total += float(loss.detach()) * len(index)
+        total, _ = optimisation.epoch(model, train, epoch_batches(order, options.batch_size),
+                                      device)
         scores = predict(model, validation, device)
         auroc = float(roc_auc_score(validation.labels, scores))
         record = {"epoch": epoch, "loss": total / len(order), "val_auroc": auroc}
