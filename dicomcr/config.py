@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 1-16 printable ASCII, no backslash
 ANY_AE = "*"
@@ -111,7 +112,18 @@ UNKNOWN_AE_POLICY = Policy(Compression.CR, 20.0)
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot run; the message names file, key and what was expected."""
+    """A configuration that cannot run; the message names file, key and what was expected, one
+    line per problem."""
+
+
+class ReferenceProblem(ValueError):
+    """A key whose value must name something elsewhere in the file (a destination, a calling AE
+    of one site only): raised inside Config's validator, where pydantic knows no key, so that
+    load_config can name `key` itself."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
 
 
 class Strict(BaseModel):
@@ -164,19 +176,25 @@ class NodeSection(Strict):
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _ae(v)))
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> int | str:
+        """'auto' or 1..256, checked before the union so that a bad value is one error, not one
+        per member of `int | Literal["auto"]`."""
+        if value == "auto":
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+            raise PydanticCustomError("workers", "expected 'auto' or a number of processes 1..256")
+        return value
+
     @field_validator("queue")
     @classmethod
     def _queue(cls, value: str) -> str:
         if value != "local" and not re.match(r"^amqps?://[^/\s]+(/[^\s]*)?$", value):
             raise ValueError("queue is 'local' or a RabbitMQ URL, "
                              "amqp://user:password@host:port/vhost")
-        return value
-
-    @field_validator("workers")
-    @classmethod
-    def _workers(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 1 <= value <= 256:
-            raise ValueError("workers is 'auto' or 1..256")
         return value
 
 
@@ -191,12 +209,18 @@ class Site(Strict):
     def _titles(cls, values: list[str]) -> list[str]:
         return [v if v == ANY_AE else _ae(v) for v in values]
 
-    @field_validator("cr")
+    @field_validator("cr", mode="before")
     @classmethod
-    def _cr(cls, value: float | str) -> float | str:
-        if isinstance(value, float | int) and not (math.isfinite(value) and value > 1):
-            raise ValueError("cr is a number > 1, 'lossless' or 'none' (pass-through)")
-        return value
+    def _cr(cls, value: object) -> float | str:
+        """Read by Policy.parse, before the union, so that a bad value is one error, not one per
+        member of `float | Literal["lossless", "none"]`."""
+        try:
+            policy = Policy.parse(value)
+        except ValueError:
+            raise PydanticCustomError(
+                "policy", "expected a compression ratio > 1, 'lossless' or 'none' (pass-through)",
+            ) from None
+        return policy.cr if policy.kind is Compression.CR else policy.kind.value
 
     @property
     def policy(self) -> Policy:
@@ -277,19 +301,18 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
+        destinations = f"expected one of the destinations {sorted(self.destinations)}"
         if self.forward.to not in self.destinations:
-            raise ValueError(f"forward.to names {self.forward.to!r}, not one of the "
-                             f"destinations {sorted(self.destinations)}")
+            raise ReferenceProblem("forward.to", f"{destinations} (got {self.forward.to!r})")
         send_to = self.inference.send_to if self.inference else None
         if send_to is not None and send_to not in self.destinations:
-            raise ValueError(f"inference.send_to names {send_to!r}, not one of the "
-                             f"destinations {sorted(self.destinations)}")
+            raise ReferenceProblem("inference.send_to", f"{destinations} (got {send_to!r})")
         seen: dict[str, str] = {}
-        for site in self.sites:
+        for index, site in enumerate(self.sites):
             for title in site.calling_ae:
                 if title in seen:
-                    raise ValueError(f"calling AE {title!r} belongs to both {seen[title]!r} and "
-                                     f"{site.name!r}")
+                    raise ReferenceProblem(f"sites.{index}.calling_ae", f"{title!r} is already a "
+                                           f"calling AE of site {seen[title]!r}")
                 seen[title] = site.name
         return self
 
@@ -322,7 +345,10 @@ def load_config(path: Path | None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise ConfigError(f"{path}:{where} not valid YAML: {problem}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with node, sites, destinations, forward")
     try:
@@ -330,6 +356,10 @@ def load_config(path: Path | None) -> Config:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
+            reference = (error.get("ctx") or {}).get("error")
+            if isinstance(reference, ReferenceProblem):  # raised where pydantic knows no key
+                problems.append(f"{path}: {reference}")
+                continue
             loc = list(error["loc"])
             hint = ""
             if loc[:1] == ["destinations"] and len(loc) > 2:

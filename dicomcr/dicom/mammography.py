@@ -2,14 +2,19 @@
 
 Written the way highdicom writes its objects: the constructor validates everything and raises a
 ValueError naming the argument the moment an input is wrong, so a file that exists is a valid one.
+Coded arguments take highdicom's enums (photometric interpretation, laterality, patient sex), a
+member or its string value, as highdicom's own constructors do.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from enum import Enum
+from typing import TypeVar
 
 import numpy as np
+from highdicom import LateralityValues, PatientSexValues, PhotometricInterpretationValues
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -57,6 +62,26 @@ SOP_CLASS = {
 }
 
 
+E = TypeVar("E", bound=Enum)
+
+# A mammogram is grey: the photometric interpretations this writer accepts of highdicom's enum.
+MONOCHROME = (PhotometricInterpretationValues.MONOCHROME1, PhotometricInterpretationValues.MONOCHROME2)
+
+
+def _member(value: E | str, kind: type[E], name: str, allowed: tuple[E, ...] | None = None) -> E:
+    """`value` (a member of `kind` or its string value) as a member of `allowed` (default: all of
+    `kind`), or a ValueError naming the argument and the values it takes."""
+    choices = allowed or tuple(kind)
+    try:
+        member = kind(value)
+    except ValueError:
+        member = None
+    if member not in choices:
+        names = ", ".join(repr(c.value) for c in choices)
+        raise ValueError(f"{name} must be one of {names} (highdicom {kind.__name__}), got {value!r}")
+    return member
+
+
 def _da(value: dt.date, name: str) -> str:
     if not isinstance(value, dt.date):
         raise ValueError(f"{name} must be a datetime.date, got {type(value).__name__}")
@@ -90,15 +115,15 @@ class MammographyImage(Dataset):
         self,
         pixel_array: np.ndarray,
         *,
-        photometric_interpretation: str,
+        photometric_interpretation: PhotometricInterpretationValues | str,
         bits_stored: int,
         pixel_spacing_mm: float,
-        laterality: str,
+        laterality: LateralityValues | str,
         view: str,
         patient_id: str,
         patient_name: str,
         patient_birth_date: dt.date,
-        patient_sex: str,
+        patient_sex: PatientSexValues | str | None,
         study_instance_uid: str,
         study_date: dt.date,
         study_time: dt.time,
@@ -135,19 +160,16 @@ class MammographyImage(Dataset):
             raise ValueError(
                 f"pixel_array holds {int(pixels.max())}, above the {bits_stored}-bit maximum"
             )
-        if photometric_interpretation not in ("MONOCHROME1", "MONOCHROME2"):
-            raise ValueError(
-                f"photometric_interpretation must be MONOCHROME1 or MONOCHROME2, "
-                f"got {photometric_interpretation!r}"
-            )
+        photometric = _member(photometric_interpretation, PhotometricInterpretationValues,
+                              "photometric_interpretation", MONOCHROME)
+        monochrome2 = photometric is PhotometricInterpretationValues.MONOCHROME2
         if not pixel_spacing_mm > 0:
             raise ValueError(f"pixel_spacing_mm must be > 0, got {pixel_spacing_mm}")
-        if laterality not in ("L", "R"):
-            raise ValueError(f"laterality must be 'L' or 'R', got {laterality!r}")
+        side = _member(laterality, LateralityValues, "laterality").value
         if view not in VIEW_CODES:
             raise ValueError(f"view must be one of {sorted(VIEW_CODES)}, got {view!r}")
-        if patient_sex not in ("F", "M", "O", ""):
-            raise ValueError(f"patient_sex must be F, M, O or empty, got {patient_sex!r}")
+        # Type 2: None writes it empty (unknown), as highdicom does.
+        sex = "" if patient_sex is None else _member(patient_sex, PatientSexValues, "patient_sex").value
         if presentation_intent not in SOP_CLASS:
             raise ValueError(
                 f"presentation_intent must be one of {sorted(SOP_CLASS)}, got {presentation_intent!r}"
@@ -185,7 +207,7 @@ class MammographyImage(Dataset):
         self.PatientName = _text(patient_name, "patient_name", 64)
         self.PatientID = _text(patient_id, "patient_id", 64)
         self.PatientBirthDate = _da(patient_birth_date, "patient_birth_date")
-        self.PatientSex = patient_sex
+        self.PatientSex = sex
         # General Study, Patient Study
         self.StudyInstanceUID = check_uid(study_instance_uid, "study_instance_uid")
         self.StudyDate = _da(study_date, "study_date")
@@ -210,7 +232,7 @@ class MammographyImage(Dataset):
         self.InstitutionName = _text(institution_name, "institution_name", 64)
         # General Image, General Acquisition
         self.InstanceNumber = instance_number
-        self.PatientOrientation = PATIENT_ORIENTATION[(laterality, view)]
+        self.PatientOrientation = PATIENT_ORIENTATION[(side, view)]
         self.ContentDate = self.StudyDate
         self.ContentTime = self.StudyTime
         self.AcquisitionDate = self.StudyDate
@@ -218,7 +240,7 @@ class MammographyImage(Dataset):
         self.ImageType = ["ORIGINAL", "PRIMARY", ""]
         self.BurnedInAnnotation = "NO"
         # DX Anatomy Imaged, Mammography Image
-        self.ImageLaterality = laterality
+        self.ImageLaterality = side
         self.BodyPartExamined = "BREAST"
         self.AnatomicRegionSequence = Sequence([BREAST.item()])
         self.OrganExposed = "BREAST"
@@ -227,18 +249,16 @@ class MammographyImage(Dataset):
         self.ViewCodeSequence = Sequence([view_item])
         self.ViewPosition = view
         self.PositionerType = "MAMMOGRAPHIC"
-        self.PositionerPrimaryAngle = POSITIONER_ANGLE[(laterality, view)]
+        self.PositionerPrimaryAngle = POSITIONER_ANGLE[(side, view)]
         self.BreastImplantPresent = "NO"
         self.PartialView = "NO"
         # DX Image
         self.PixelIntensityRelationship = "LOG" if for_presentation else "LIN"
-        self.PixelIntensityRelationshipSign = 1 if photometric_interpretation == "MONOCHROME2" else -1
+        self.PixelIntensityRelationshipSign = 1 if monochrome2 else -1
         self.RescaleIntercept = 0
         self.RescaleSlope = 1
         self.RescaleType = "US"
-        self.PresentationLUTShape = (
-            "IDENTITY" if photometric_interpretation == "MONOCHROME2" else "INVERSE"
-        )
+        self.PresentationLUTShape = "IDENTITY" if monochrome2 else "INVERSE"
         self.LossyImageCompression = "00"
         # DX Detector
         spacing = [round(float(pixel_spacing_mm), 6)] * 2
@@ -265,7 +285,7 @@ class MammographyImage(Dataset):
             self.VOILUTFunction = voi_lut_function
         # Image Pixel
         self.SamplesPerPixel = 1
-        self.PhotometricInterpretation = photometric_interpretation
+        self.PhotometricInterpretation = photometric.value
         self.Rows, self.Columns = int(pixels.shape[0]), int(pixels.shape[1])
         self.BitsAllocated = 16
         self.BitsStored = bits_stored

@@ -1,7 +1,9 @@
 """The figures of a cv run, and one self-contained HTML page (images inline, no network).
 
 `write_figures` draws from the result rows and fold predictions; `write_report` reads only what
-`dicomcr cv` wrote (results.json and the PNGs), so a results folder can be reported anywhere.
+`dicomcr cv` wrote (results.json and the PNGs), so a results folder can be reported anywhere. A
+folder of `evaluate_held_out` (one model file tested once on a held-out test set, as the demo
+writes) has the same form with one "fold": its page speaks of the held-out test set, not of folds.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import base64
 import html
 import json
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from ..codec.j2k import cr_short
@@ -29,6 +33,46 @@ OWN_CR = "M-CRx at its own CR"
 
 class ReportError(ValueError):
     """A results folder that cannot be reported; the message says why."""
+
+
+class Evaluation(StrEnum):
+    """How the results were obtained: the folds of `dicomcr cv`, or one model file tested once on
+    a held-out test set (`evaluate_held_out`)."""
+
+    CROSS_VALIDATION = "cross-validation"
+    HELD_OUT = "held-out test"
+
+    @classmethod
+    def of(cls, meta: dict) -> Evaluation:
+        """A held-out results.json names the model file it tested (`model`); cv trains its own."""
+        return cls.HELD_OUT if meta.get("model") else cls.CROSS_VALIDATION
+
+
+@dataclass(frozen=True)
+class Wording:
+    """The words of a report that depend on the Evaluation."""
+
+    design: str  # how the breasts were used, after "N breasts of P patients, M malignant; "
+    table1: str  # the heading of Table 1, after "Table 1: "
+    predictions: str  # what the metrics are computed on
+    breasts: str  # the breasts the paired tests compare on
+    pooled: str  # how the per-finding AUROCs were computed
+    fold_spread: bool  # whether the fold mean ± sd columns mean anything
+
+
+WORDING = {
+    Evaluation.CROSS_VALIDATION: Wording(
+        design="{folds} folds split by patient", table1="each model trained and tested at one CR",
+        predictions="the pooled out-of-fold predictions",
+        breasts="the same pooled out-of-fold breasts", pooled="pooled out of fold",
+        fold_spread=True),
+    Evaluation.HELD_OUT: Wording(
+        design="the held-out test set, on which the model file <code>{model}</code> was tested "
+               "once", table1="the model tested at the CR it was trained at",
+        predictions="its predictions on the held-out test set",
+        breasts="the same breasts of the held-out test set", pooled="on the held-out test set",
+        fold_spread=False),
+}
 
 
 def _single(plans: list[ModelPlan]) -> list[ModelPlan]:
@@ -129,11 +173,11 @@ def _matrix(rows: list, cell) -> str:
                   [[html.escape(m), *(cells.get((m, c), "") for c in crs)] for m in models])
 
 
-def _paired_section(rows: list[Row]) -> list[str]:
+def _paired_section(rows: list[Row], words: Wording) -> list[str]:
     """DeLong's paired tests: against M-CR1 at CR 1, and against the model itself at test CR 1."""
     parts = ["<h2>Paired tests (DeLong, same breasts)</h2>",
              "<p>The AUROC difference with its 95% CI and the two-sided p-value of DeLong's paired "
-             "test on the same pooled out-of-fold breasts (bold: p &lt; 0.05), where the paper "
+             f"test on {words.breasts} (bold: p &lt; 0.05), where the paper "
              "compares overlapping intervals. Not corrected for multiple comparisons.</p>"]
     tests = (("vs_mcr1", f"this model at the test CR minus {REFERENCE} at CR 1 (the paper's "
                          "comparison: compressed training and test images against originals)"),
@@ -153,14 +197,15 @@ def _paired_section(rows: list[Row]) -> list[str]:
     return parts
 
 
-def _findings_section(root: Path | None, findings: list[FindingRow], note: str) -> list[str]:
+def _findings_section(root: Path | None, findings: list[FindingRow], note: str,
+                      words: Wording) -> list[str]:
     """The AUROC per malignant finding type, as a table and the figure in `root` (None: this
     run drew none), or why there is none."""
     parts = ["<h2>Per finding type: what compression erases</h2>"]
     if not findings:
         return [*parts, f"<p>{html.escape(note or 'no per-finding rows in these results')}</p>"]
     parts.append("<p>The AUROC (DeLong 95% CI) of the malignant breasts of each finding type "
-                 "against every non-malignant breast, pooled out of fold; in brackets the "
+                 f"against every non-malignant breast, {words.pooled}; in brackets the "
                  "malignant breasts of that type. Types with fewer than two are left out.</p>")
     crs = sorted({r.test_cr for r in findings})
     cells = {(r.model, r.finding, r.test_cr): _ci(r.auroc, r.auroc_low, r.auroc_high)
@@ -172,6 +217,21 @@ def _findings_section(root: Path | None, findings: list[FindingRow], note: str) 
     if root is not None:
         parts.append(_image(root / FINDINGS, "AUROC per finding type against the test CR"))
     return parts
+
+
+def _table1(own: list[Row], fold_spread: bool) -> str:
+    """Each model at the CR it was trained at; the fold mean ± sd beside the pooled values when
+    there were folds."""
+    def spread(mean: float, sd: float) -> list[str]:
+        return [f"{mean:.3f} ± {sd:.3f}"] if fold_spread else []
+
+    header = ["model", "AUROC (95% CI)", *(["fold mean ± sd"] if fold_spread else []),
+              "AUPRC (95% CI)", *(["fold mean ± sd"] if fold_spread else []), "breasts (malignant)"]
+    return _table(header, [[html.escape(r.model), _ci(r.auroc, r.auroc_low, r.auroc_high),
+                            *spread(r.fold_auroc_mean, r.fold_auroc_sd),
+                            _ci(r.auprc, r.auprc_low, r.auprc_high),
+                            *spread(r.fold_auprc_mean, r.fold_auprc_sd),
+                            f"{r.n} ({r.positives})"] for r in own])
 
 
 def _table(header: list[str], body: list[list[str]]) -> str:
@@ -206,24 +266,21 @@ def write_report(root: Path, target: Path) -> None:
 
     own = [r for r in rows if r.train_crs == f"{r.test_cr:g}"]
     skipped = meta.get("crs_skipped") or []
-    parts = [f"<h1>dicomcr cross-validation: {html.escape(str(meta.get('architecture')))}</h1>",
+    evaluation = Evaluation.of(meta)
+    words = WORDING[evaluation]
+    design = words.design.format(folds=meta.get("folds"), model=html.escape(str(meta.get("model"))))
+    spread = "; fold mean &plusmn; sd beside them" if words.fold_spread else ""
+    parts = [f"<h1>dicomcr {evaluation}: {html.escape(str(meta.get('architecture')))}</h1>",
              f"<p>Data <code>{html.escape(str(meta.get('data')))}</code> (fingerprint "
              f"{html.escape(str(meta.get('data_fingerprint')))}): {meta.get('breasts')} breasts of "
              f"{meta.get('patients')} patients, {meta.get('malignant')} malignant; "
-             f"{meta.get('folds')} folds split by patient. AUROC with DeLong's 95% CI and AUPRC "
-             "with a bootstrap 95% CI on the pooled out-of-fold predictions; fold mean &plusmn; sd "
-             "beside them.</p>",
+             f"{design}. AUROC with DeLong's 95% CI and AUPRC "
+             f"with a bootstrap 95% CI on {words.predictions}{spread}.</p>",
              *([f"<p>CR {html.escape(', '.join(f'{c:g}' for c in skipped))} skipped: out of "
                 f"reach for some of these images ({html.escape(str(meta.get('views_reach')))})."
                 "</p>"] if skipped else []),
-             "<h2>Table 1: each model trained and tested at one CR</h2>",
-             _table(["model", "AUROC (95% CI)", "fold mean ± sd", "AUPRC (95% CI)",
-                     "fold mean ± sd", "breasts (malignant)"],
-                    [[html.escape(r.model), _ci(r.auroc, r.auroc_low, r.auroc_high),
-                      f"{r.fold_auroc_mean:.3f} ± {r.fold_auroc_sd:.3f}",
-                      _ci(r.auprc, r.auprc_low, r.auprc_high),
-                      f"{r.fold_auprc_mean:.3f} ± {r.fold_auprc_sd:.3f}",
-                      f"{r.n} ({r.positives})"] for r in own])]
+             f"<h2>Table 1: {words.table1}</h2>",
+             _table1(own, words.fold_spread)]
     if drawn(AUROC_CR):
         parts += ["<h2>AUROC against CR, beside the paper's</h2>",
                   _image(root / AUROC_CR, "AUROC against CR beside the paper's")]
@@ -244,9 +301,9 @@ def write_report(root: Path, target: Path) -> None:
                             (FIG4, "Figure 4: compression as augmentation")):
             if drawn(name):
                 parts += [f"<h2>{title}</h2>", _image(root / name, title)]
-    parts += _paired_section(rows)
+    parts += _paired_section(rows, words)
     parts += _findings_section(root if drawn(FINDINGS) else None, findings,
-                               document.get("findings_note", ""))
+                               document.get("findings_note", ""), words)
     if document.get("saliency"):
         parts += ["<h2>Grad-CAM against the lesion masks</h2>",
                   "<p>Malignant breasts with a mask, each scored by its own fold's network at the "
@@ -261,7 +318,8 @@ def write_report(root: Path, target: Path) -> None:
               f"<pre>{html.escape(json.dumps(meta, indent=1, default=str))}</pre>",
               "<p><small>Written by dicomcr report. Research use only; not a medical device."
               "</small></p>"]
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>dicomcr cv report</title>"
+    title = "cv" if evaluation is Evaluation.CROSS_VALIDATION else evaluation.value
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>dicomcr {title} report</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)

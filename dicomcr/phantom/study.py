@@ -12,6 +12,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 import numpy as np
+from highdicom import LateralityValues, PatientSexValues, PhotometricInterpretationValues
 from scipy import ndimage
 
 from ..dicom.mammography import MammographyImage
@@ -94,15 +95,15 @@ class PhantomStudy:
         """The DICOM object of one view."""
         return MammographyImage(
             view.pixels,
-            photometric_interpretation=self.photometric,
+            photometric_interpretation=PhotometricInterpretationValues(self.photometric),
             bits_stored=self.detector.bits_stored,
             pixel_spacing_mm=self.detector.pixel_spacing_mm,
-            laterality=view.laterality,
+            laterality=LateralityValues(view.laterality),
             view=view.view,
             patient_id=self.patient_id,
             patient_name=self.patient_name,
             patient_birth_date=self.birth_date,
-            patient_sex="F",
+            patient_sex=PatientSexValues.F,
             patient_age_years=self.age_years,
             study_instance_uid=self.study_uid,
             study_date=self.study_date,

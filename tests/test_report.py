@@ -1,0 +1,92 @@
+"""`dicomcr report` says what the results are: the held-out test set of `evaluate_held_out` (the
+demo's results folder) without a word of folds, a cross-validation with its folds."""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dicomcr.cli import app
+from dicomcr.data.dataset import load_dataset
+from dicomcr.experiments import cv as cvlib
+from dicomcr.experiments.run import evaluate_held_out
+from dicomcr.models import CNN3, CNN3Spec
+from dicomcr.models.modelfile import ModelInfo, save_model
+from dicomcr.phantom import CohortSpec, write_cohort
+from dicomcr.phantom.params import CohortMix
+
+runner = CliRunner()
+# The small phantom's views fit this canvas; 64 x 64 keeps the network tiny.
+PREPROCESSING = {"scale": 0.3, "crop_fraction_y": 0.2, "mirror_right": True,
+                 "canvas": [246, 250], "input_size": [64, 64]}
+
+
+def _prose(folder: Path) -> str:
+    """`dicomcr report FOLDER`'s page as text, without the Parameters block (results.json's raw
+    meta, folds count included) and the markup."""
+    result = runner.invoke(app, ["report", str(folder)])
+    assert result.exit_code == 0, result.output
+    page = (folder / "report.html").read_text()
+    page = re.sub(r"<pre>.*?</pre>|<style>.*?</style>", "", page, flags=re.S)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results folder as the demo writes it: a model file tested once on held-out studies (two
+    of them malignant, so that every interval exists) at CR 1 and 20."""
+    root = tmp_path_factory.mktemp("held-out")
+    cohort = root / "cohort"
+    write_cohort(CohortSpec(n_studies=4, seed=11, size="small", mix=CohortMix(0.5, 0.0, 0.5)),
+                 cohort, workers=1)
+    torch.manual_seed(0)
+    spec = CNN3Spec(channels=(4, 8, 8), hidden=(16, 8), input_size=(64, 64))
+    model = root / "cnn3-cr20.dcmcr"
+    save_model(CNN3(spec), ModelInfo(architecture="cnn3", spec=spec.as_dict(),
+                                     preprocessing=PREPROCESSING, trained_crs=[20.0],
+                                     data_fingerprint="x", threshold=0.5), model)
+    return evaluate_held_out(model, load_dataset(cohort).breasts, [1.0, 20.0], root / "results",
+                             cohort / ".dicomcr-cache", source=str(cohort))
+
+
+def test_a_held_out_report_speaks_of_the_held_out_test_set(held_out: Path) -> None:
+    text = _prose(held_out)
+    assert "dicomcr held-out test: cnn3" in text
+    assert "the held-out test set, on which the model file" in text and "cnn3-cr20.dcmcr" in text
+    assert "on its predictions on the held-out test set" in text
+    assert "Table 1: the model tested at the CR it was trained at" in text
+    assert "DeLong's paired test on the same breasts of the held-out test set" in text
+    assert "against every non-malignant breast, on the held-out test set" in text
+    assert "fold" not in text.lower(), text  # no folds, no out-of-fold, no fold mean ± sd
+
+
+def test_a_cv_report_keeps_its_folds(tmp_path: Path) -> None:
+    """A cross-validation's folder (two folds of M-CR1 and M-CR20 at CR 1 and 20, written by the
+    same functions as `dicomcr cv`) is reported as before."""
+    rng = np.random.default_rng(0)
+    labels = [1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0]
+    keys = [f"p{i}/L" for i in range(len(labels))]
+    plans = cvlib.plan_models([1, 20], cross=True)
+    half = len(keys) // 2
+    results = [cvlib.FoldResult(plan.name, k, tuple(keys[part]), tuple(labels[part]),
+                                {f"{c:g}": list(rng.random(half)) for c in plan.test_crs},
+                                1, 0.5, 0.5, "fixed", [], "x")
+               for plan in plans for k, part in enumerate((slice(0, half), slice(half, None)))]
+    out = tmp_path / "cv"
+    cvlib.write_tables(out, cvlib.summarise(plans, results, seed=0), results, {
+        "data": "cohort", "data_fingerprint": "x", "architecture": "cnn3", "folds": 2,
+        "crs": [1.0, 20.0], "cross": True, "augment": False, "breasts": len(keys),
+        "patients": len(keys), "malignant": sum(labels)})
+    text = _prose(out)
+    assert "dicomcr cross-validation: cnn3" in text
+    assert "2 folds split by patient" in text
+    assert "on the pooled out-of-fold predictions; fold mean ± sd beside them" in text
+    assert "Table 1: each model trained and tested at one CR" in text
+    assert text.count("fold mean ± sd") == 3  # the sentence and Table 1's two columns
+    assert "held-out" not in text
