@@ -2,9 +2,12 @@
 
     .venv/bin/python bench/receive.py [--studies 2]
 
+0. Idle: the CPU the node (and its worker processes) uses in 10 s with nothing to do (target:
+   under 1 % of a core).
 1. Sustained receive: DCMTK `storescu` sends full-size MG images to the node (durable: spooled,
    fsynced, indexed; a pass-through site, so no transcoding competes) and, in the same run, to
-   DCMTK `storescp` writing to disk; same max PDU (65536). Ratio = storescp time / node time.
+   DCMTK `storescp` writing to disk (without fsync); same max PDU (65536). Ratio = storescp time /
+   node time.
 2. End to end: the same images sent to the node at CR 20, all transcoded and forwarded to an
    Orthanc started here: images per second; and the share of a worker's time spent inside the
    codec (encode, and decode for PSNR), from cProfile of the worker's job on the same images.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import shutil
 import signal
@@ -57,6 +61,26 @@ def _storescu(port: int, aec: str, files: list[Path]) -> float:
     return time.perf_counter() - start
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its descendants so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+        for child in (task / "children").read_text().split():
+            total += _cpu_seconds(int(child))
+    return total
+
+
+def _idle_cpu(process: subprocess.Popen, seconds: float = 10.0) -> float:
+    """The share of one core the node's process tree uses over `seconds` with nothing to do."""
+    time.sleep(2)  # past its start
+    before = _cpu_seconds(process.pid)
+    time.sleep(seconds)
+    return (_cpu_seconds(process.pid) - before) / seconds
+
+
 def _stop(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=120)
@@ -77,6 +101,8 @@ def main() -> None:
 
         peer_times, node_times = [], []
         node, node_port = _node(tmp / "recv", "none", {"folder": str(tmp / "recv" / "archive")})
+        idle = _idle_cpu(node)
+        print(f"0. idle node: {100 * idle:.2f} % of a core over 10 s (target < 1 %)")
         for attempt in range(args.repeats):  # interleaved, the median of each
             folder = tmp / f"storescp{attempt}"
             folder.mkdir()

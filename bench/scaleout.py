@@ -45,9 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from peers import LocalRabbitMQ, free_port
 
 from dicomcr.config import Policy
-from dicomcr.jobs import JobStore
+from dicomcr.jobs import JobStore, Storage
 from dicomcr.phantom import CohortSpec, write_cohort
-from services.orthanc import wait_for_port
+from services.processes import wait_for_port
 from services.workqueue import TaskKind, TranscodeTask
 from services.workqueue.amqp import AmqpQueue, delivery_limit
 from services.workqueue.base import run_transcode
@@ -158,7 +158,7 @@ def _worker(config: Path, log: Path) -> subprocess.Popen:
 
 
 def _failures(folder: Path) -> str:
-    with JobStore.open_readonly(folder / "data" / "jobs.sqlite") as store:
+    with JobStore.open_readonly(Storage(folder / "data").store) as store:
         return "; ".join(f"{f.uid}: {f.error}" for f in store.failures()[:3])
 
 

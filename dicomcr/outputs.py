@@ -1,7 +1,9 @@
-"""Where a command writes: checked before the work, so that a bad path costs nothing."""
+"""Writing files safely: output paths checked before the work (a bad path costs nothing), atomic
+and durable writes, and a full disk told apart from other errors (a retry later, not a failure)."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -49,3 +51,43 @@ def write_text_atomically(path: Path, text: str, durable: bool = False) -> None:
             handle.flush()
             os.fsync(handle.fileno())
     os.replace(partial, path)
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an error it was raised from, says the disk (or the user's quota) is
+    full: a retry later, not a failure. (pydicom re-raises a write error as a new OSError without
+    its errno, from the original; the job store's StoreFull is an OSError with ENOSPC.)"""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def disk_full_said_plainly(exc: BaseException) -> BaseException:
+    """For a worker process to raise: a full disk as a plain OSError(ENOSPC), because a process
+    pool sends an exception back without the errors it was raised from; anything else as is."""
+    if is_disk_full(exc) and not (isinstance(exc, OSError) and exc.errno is not None):
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        return OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({first})")
+    return exc
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to the disk."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def move_durably(source: Path, destination: Path) -> None:
+    """fsync `source`, rename it to `destination`, fsync the folder: on disk before we say so.
+    Both on one file system, so the rename moves no bytes."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with open(source, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(source, destination)
+    fsync_folder(destination.parent)

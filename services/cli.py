@@ -17,7 +17,7 @@ from rich.table import Table
 from dicomcr import cli as library
 from dicomcr.cli import check_writable, console, fail
 
-from .node import Node
+from .node import Node, NodeError
 
 __all__ = ["app"]
 
@@ -49,7 +49,10 @@ def serve(
     console.print(f"dicomcr node {settings.node.ae_title} on {settings.node.host}:"
                   f"{settings.node.port}, storage {settings.node.storage}, forwarding to "
                   f"{settings.forward.to}")
-    code = node.serve_forever()
+    try:
+        code = node.serve_forever()
+    except NodeError as exc:
+        fail(str(exc))
     if code:
         raise typer.Exit(code)
 
@@ -91,56 +94,57 @@ def status(
 ) -> None:
     """Queue depth and per-site counts from the node's job store: its images and the objects it
     derived (saliency SCs, the SR) apart, and its studies."""
-    import sqlite3
-
-    from dicomcr.jobs import InstanceState, JobStore, ObjectKind, StudyState, queue_depth
+    from dicomcr.jobs import Storage, StoreError
+    from dicomcr.jobs.admin import read_failed, read_status
 
     settings = _config(config)
-    path = Path(settings.node.storage) / "jobs.sqlite"
-    if not path.is_file():
-        fail(f"no job store at {path}: has the node run with this configuration?")
-    try:
-        with JobStore.open_readonly(path) as store:
-            counts, studies = store.counts(), store.study_states()
-            failures = store.failures() if failed else []
-    except sqlite3.Error as exc:
-        fail(f"cannot read the job store {path}: {exc}")
+    storage = Storage(Path(settings.node.storage))
     out = Console(width=80)  # readable in a log or a small window
-    if failed:
-        # Refused at receive (answered with a failure status, never acknowledged: the sender
-        # still has them) are in quarantine with a reason file and no job.
-        kept = {item.where for item in failures if item.where is not None}
-        quarantine = Path(settings.node.storage) / "quarantine"
-        refused = [reason for reason in sorted(quarantine.glob("*.reason.txt"))
-                   if reason.with_name(reason.name.replace(".reason.txt", ".dcm")) not in kept]
-        if not failures and not refused:
-            out.print("nothing failed", highlight=False)
-        for item in failures:  # one block each: UIDs are long, reasons longer
-            out.print(f"{item.what} {item.uid} (site {item.site})", highlight=False)
-            out.print(f"  why:   {item.error}", highlight=False)
-            if item.where is not None:
-                out.print(f"  where: {item.where}", highlight=False)
-        for reason in refused:
-            out.print(f"refused at receive, never acknowledged: {reason.name}", highlight=False)
-            out.print(f"  why:   {reason.read_text().strip()}", highlight=False)
-        return
-    table = Table(title=f"dicomcr node {settings.node.ae_title}", title_justify="left",
-                  caption=str(path), caption_justify="left")
+    try:
+        if failed:
+            _print_failed(read_failed(storage), out)
+        else:
+            _print_status(read_status(storage), settings.node.ae_title, out)
+    except FileNotFoundError:
+        fail(f"no job store at {storage.store}: has the node run with this configuration?")
+    except StoreError as exc:
+        fail(f"cannot read the job store: {exc}")
+
+
+def _print_status(report, ae_title: str, out: Console) -> None:
+    from dicomcr.jobs import InstanceState, ObjectKind, StudyState
+
+    table = Table(title=f"dicomcr node {ae_title}", title_justify="left",
+                  caption=str(report.path), caption_justify="left")
     table.add_column("site", overflow="fold")
     table.add_column("objects")
     for state in InstanceState:
         table.add_column(state.value, justify="right")
     names = {ObjectKind.IMAGE: "images", ObjectKind.DERIVED: "derived"}
-    for site, kinds in sorted(counts.items()):
+    for site, kinds in sorted(report.counts.items()):
         for kind in (k for k in ObjectKind if k in kinds):
             table.add_row(site, names[kind],
                           *(str(kinds[kind][state]) for state in InstanceState))
     out.print(table)
-    if studies:
-        out.print("studies: " + ", ".join(f"{state.value} {studies[state]}"
-                                          for state in StudyState if state in studies),
+    if report.studies:
+        out.print("studies: " + ", ".join(f"{state.value} {report.studies[state]}"
+                                          for state in StudyState if state in report.studies),
                   highlight=False)
-    out.print(f"queue depth: {queue_depth(counts)}", highlight=False)
+    out.print(f"queue depth: {report.queue_depth}", highlight=False)
+
+
+def _print_failed(report, out: Console) -> None:
+    """One block per failure (UIDs are long, reasons longer), then the refusals at receive."""
+    if not report.failures and not report.refusals:
+        out.print("nothing failed", highlight=False)
+    for item in report.failures:
+        out.print(f"{item.what} {item.uid} (site {item.site})", highlight=False)
+        out.print(f"  why:   {item.error}", highlight=False)
+        if item.where is not None:
+            out.print(f"  where: {item.where}", highlight=False)
+    for refusal in report.refusals:
+        out.print(f"refused at receive, never acknowledged: {refusal.path.name}", highlight=False)
+        out.print(f"  why:   {refusal.reason}", highlight=False)
 
 
 @app.command()
@@ -148,47 +152,43 @@ def retry(
     uids: Annotated[list[str] | None, typer.Argument(help="SOP Instance UIDs (or Study Instance "
                                                           "UIDs of failed inferences).")] = None,
     all_failed: Annotated[bool, typer.Option("--all-failed", help="Every failed item.")] = False,
+    current_policy: Annotated[bool, typer.Option(
+        "--current-policy", help="Transcode at the site's policy in the configuration now, "
+                                 "not at the one recorded when the image was received.")] = False,
     config: Annotated[Path | None, typer.Option(help="node.yaml; default: the built-in config.")
                       ] = None,
 ) -> None:
     """Give failed items another go (see `dicomcr status --failed`); a running node takes them
-    up. A source kept in quarantine goes back to the spool."""
-    import sqlite3
-
-    from dicomcr.jobs import JobStore
-
-    from .receiver import Spool
+    up. A source kept in quarantine goes back to the spool. An image is transcoded at the policy
+    recorded when it was received unless --current-policy is given."""
+    from dicomcr.config import UNKNOWN_AE_POLICY
+    from dicomcr.jobs import Storage, StoreError
+    from dicomcr.jobs.admin import retry_failed
 
     if not uids and not all_failed:
         fail("name the UIDs to retry, or --all-failed")
     settings = _config(config)
-    root = Path(settings.node.storage)
-    path = root / "jobs.sqlite"
-    if not path.is_file():
-        fail(f"no job store at {path}: has the node run with this configuration?")
-    spool = Spool(root)
+    storage = Storage(Path(settings.node.storage))
+    if not storage.store.is_file():
+        fail(f"no job store at {storage.store}: has the node run with this configuration?")
+
+    def site_policy(name: str):
+        site = settings.site_for_name(name)
+        return site.policy if site is not None else UNKNOWN_AE_POLICY
+
     try:
-        with JobStore(path) as store:
-            failed = {f.uid: f for f in store.failures()}
-            wanted = list(failed) if all_failed else list(uids or [])
-            unknown = [uid for uid in wanted if uid not in failed]
-            for uid in wanted:
-                item = failed.get(uid)
-                if item is None:
-                    continue
-                back = None
-                if item.where is not None and item.where.parent == spool.quarantine:
-                    back = spool.spool / f"{uid}.dcm"
-                    item.where.replace(back)
-                    item.where.with_suffix(".reason.txt").unlink(missing_ok=True)
-                store.retry(uid, back)
-                console.print(f"retrying {item.what} {uid}", highlight=False)
-    except (sqlite3.Error, OSError) as exc:
+        report = retry_failed(storage, None if all_failed else uids, site_policy, current_policy)
+    except (StoreError, OSError) as exc:
         fail(f"cannot retry: {exc}")
-    if not wanted:
+    for item in report.retried:
+        at = "" if item.policy is None else f" at policy {item.policy}"
+        note = "" if item.current is None or current_policy else \
+            f" (as received; the site's policy is now {item.current}: --current-policy uses it)"
+        console.print(f"retrying {item.what} {item.uid}{at}{note}", highlight=False)
+    if not report.retried and not report.unknown:
         console.print("nothing failed", highlight=False)
-    if unknown:
-        fail("not failed (see dicomcr status --failed): " + ", ".join(unknown))
+    if report.unknown:
+        fail("not failed (see dicomcr status --failed): " + ", ".join(report.unknown))
 
 
 @app.command()

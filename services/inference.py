@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .receiver import disk_full_said_plainly
+from dicomcr.outputs import disk_full_said_plainly
 
 if TYPE_CHECKING:
     from dicomcr.inference.classify import Classifier

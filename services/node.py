@@ -4,6 +4,11 @@
     transcode  (stages/transcode.py)  each instance at its site's policy, through the work queue
     infer      (stages/infer.py)      each complete study classified, through the work queue
     forward    (stages/forward.py)    images and derived objects to their destinations
+    retention  (stages/retention.py)  files of delivered objects deleted (node.retention_days)
+
+A stage with nothing to do sleeps until another wakes it (an instance received, a task
+finished) or its next retry falls due (stages/context.py): an idle node costs no CPU. What the
+transcode and inference stages share, every way a task comes back, is in stages/queued.py.
 
 The work queue (services/workqueue) is where transcoding and inference run: local process pools
 (`queue: local`, the default) or Celery workers on RabbitMQ (`queue: amqp://...`). The job store
@@ -22,23 +27,23 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from enum import Enum, StrEnum
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 from dicomcr.config import Config
-from dicomcr.jobs import JobStore, queue_depth
+from dicomcr.jobs import DiskReserve, DiskSpace, JobStore, Storage, StoreError, queue_depth
 
-from .http import Gauge, Metrics, serve_http
-from .receiver import DiskReserve, DiskSpace, Spool
-from .stages.context import DISK_FULL_SHOWN_SECONDS, NodeContext
+from .http import serve_http
+from .metrics import Gauge, Metrics
+from .stages.context import DISK_FULL_SHOWN_SECONDS, Loop, NodeContext
 from .stages.forward import ForwardStage
 from .stages.infer import InferenceStage, check_models
 from .stages.receive import ReceiveStage
+from .stages.retention import RetentionStage
 from .stages.transcode import TranscodeStage
 from .workqueue import TaskKind, open_queue
 
@@ -49,17 +54,14 @@ DEATH_METRICS = {TaskKind.TRANSCODE: "transcode_worker_deaths",
                  TaskKind.INFER: "inference_worker_deaths"}
 
 
-class Loop(Enum):
-    """The node's long-running loops, one per stage that runs in a thread."""
-
-    TRANSCODE = "transcode"
-    FORWARD = "forward"
-    INFERENCE = "inference"
+class NodeError(RuntimeError):
+    """The node cannot start (a port in use); the message says what to change."""
 
 
 class NodeStatus(StrEnum):
     """What /healthz says; anything but OK is answered 503."""
 
+    STARTING = "starting"  # listening, its loops not all running yet
     OK = "ok"
     LOW_DISK = "low_disk"  # new instances are answered Out of Resources; the rest goes on
     STOPPING = "stopping"  # draining after SIGTERM
@@ -78,8 +80,9 @@ class LoopFailure:
 
 
 class Stage(Protocol):
-    """A stage run by a loop: `step` does one round (waiting up to the poll interval when idle);
-    `busy` says whether work handed out must still come back before the node stops."""
+    """A stage run by a loop: `step` does one round (sleeping until woken or due when there is
+    nothing to do); `busy` says whether work handed out must still come back before the node
+    stops."""
 
     def step(self, accepting: bool) -> None: ...
 
@@ -91,10 +94,10 @@ class Node:
 
     def __init__(self, config: Config, poll_seconds: float = 0.2) -> None:
         self.config = config
-        self.root = Path(config.node.storage)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.store = JobStore(self.root / "jobs.sqlite")
-        self.disk = DiskReserve(self.root, int(config.node.disk_reserve_mb * 2**20))
+        self.storage = Storage(Path(config.node.storage))
+        self.storage.root.mkdir(parents=True, exist_ok=True)
+        self.store = JobStore(self.storage.store)
+        self.disk = DiskReserve(self.storage.root, int(config.node.disk_reserve_mb * 2**20))
         self.metrics = Metrics()
         self.poll = poll_seconds
         inference = config.inference
@@ -104,6 +107,7 @@ class Node:
         self.models["unknown"] = default_model
         self.inference_device = inference.device if inference else "auto"
         self.model_problems: dict[str, str] = {}
+        self.usable_models: dict[str, Path | None] = {}
         self.ctx: NodeContext | None = None
         self.receive: ReceiveStage | None = None
         self._wake = threading.Event()  # serve_forever: a signal, or a loop that failed
@@ -112,6 +116,7 @@ class Node:
         self._stages: dict[Loop, Stage] = {}
         self._threads: dict[Loop, threading.Thread] = {}
         self._failures: dict[Loop, LoopFailure] = {}
+        self._running = False  # every loop started
 
     @property
     def workers(self) -> int:
@@ -120,34 +125,57 @@ class Node:
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
+        """Listen (HTTP, then DICOM) and start the loops; NodeError when a port is taken."""
         requeued, studies = self.store.requeue_in_flight()
         if requeued or studies:
             log.warning("%d instances and %d studies were handed out when the node last "
                         "stopped: queued again", requeued, studies)
-        queue = open_queue(self.config, self.workers,
-                           lambda kind: self.metrics.count(DEATH_METRICS[kind]))
-        self.ctx = ctx = NodeContext(self.config, self.root, self.store, Spool(self.root), queue,
-                                     self.metrics, self.poll, stopping=self._stopping)
-        self.receive = ReceiveStage(ctx, self.disk)
-        self.receive.start()
-        node = self.config.node
-        if node.http_port:
-            self._http = serve_http(node.host, node.http_port, self.metrics, self.store.counts,
-                                    self.health, self._gauges)
-        self._stages = {Loop.TRANSCODE: TranscodeStage(ctx), Loop.FORWARD: ForwardStage(ctx)}
         if any(model is not None for model in self.models.values()):
-            models, self.model_problems = check_models(self.models)
+            self.usable_models, self.model_problems = check_models(self.models)
             for problem in self.model_problems.values():
                 log.error("%s; its transcoding and forwarding go on", problem)
-            self._stages[Loop.INFERENCE] = InferenceStage(ctx, models, self.model_problems,
-                                                          self.inference_device)
+        queue = open_queue(self.config, self.workers,
+                           lambda kind: self.metrics.count(DEATH_METRICS[kind]))
+        self.ctx = ctx = NodeContext(self.config, self.storage, self.store, queue, self.metrics,
+                                     self.poll, stopping=self._stopping)
+        node = self.config.node
+        if node.http_port:
+            try:
+                self._http = serve_http(node.host, node.http_port, self.metrics,
+                                        self.store.counts, self.health, self._gauges)
+            except OSError as exc:
+                queue.close()
+                raise NodeError(f"cannot listen for HTTP on {node.host}:{node.http_port} "
+                                f"(node.http_port): {exc.strerror or exc}") from exc
+        self.receive = ReceiveStage(ctx, self.disk, self._skipped)
+        try:
+            self.receive.start()
+        except OSError as exc:
+            if self._http is not None:
+                self._http.shutdown()
+            queue.close()
+            raise NodeError(f"cannot listen for DICOM on {node.host}:{node.port} (node.port): "
+                            f"{exc.strerror or exc}") from exc
+        self._stages = {Loop.TRANSCODE: TranscodeStage(ctx), Loop.FORWARD: ForwardStage(ctx)}
+        if any(model is not None for model in self.usable_models.values()):
+            self._stages[Loop.INFER] = InferenceStage(ctx, self.usable_models,
+                                                      self.model_problems, self.inference_device)
+        if node.retention_days is not None:
+            self._stages[Loop.RETENTION] = RetentionStage(ctx, node.retention_days)
         for loop, stage in self._stages.items():
             thread = threading.Thread(target=self._run_loop, args=(loop, stage),
                                       name=f"{loop.value}-loop", daemon=True)
             thread.start()
             self._threads[loop] = thread
+        self._running = True
         log.info("listening on %s:%d as %s (work queue: %s)", node.host, node.port,
                  node.ae_title, type(queue).__name__)
+
+    def _skipped(self, site: str) -> str | None:
+        """Why a site's studies have no inference to wait for (no usable model), or None."""
+        if self.usable_models.get(site) is not None:
+            return None
+        return self.model_problems.get(site, f"site {site} has no model")
 
     def _run_loop(self, loop: Loop, stage: Stage) -> None:
         """Run one stage until the node stops (and what it handed out came back); a loop that
@@ -158,7 +186,7 @@ class Node:
             while not ctx.stop.is_set() or stage.busy():
                 try:
                     stage.step(accepting=not ctx.stop.is_set())
-                except (OSError, sqlite3.OperationalError) as exc:
+                except OSError as exc:  # the job store's StoreFull among them
                     if not ctx.wait_for_space(exc):
                         raise
         except BaseException as exc:
@@ -181,7 +209,7 @@ class Node:
         if self.receive is not None:
             self.receive.stop()
         if self.ctx is not None:
-            self.ctx.stop.set()
+            self.ctx.stop_all()
         for thread in self._threads.values():
             thread.join()
         if self.ctx is not None:
@@ -226,14 +254,13 @@ class Node:
         try:
             counts, studies = self.store.counts(), self.store.study_states()
             store_ok = True
-        except sqlite3.Error as exc:
+        except StoreError as exc:
             counts, studies, store_ok = {}, {}, False
-            warnings.append(f"job store {self.store.path}: {exc}")
+            warnings.append(str(exc))
         space = self.disk.space()
         if space.low:
-            warnings.append(f"low disk: {space.free_bytes / 2**20:.0f} MiB free in {self.root}, "
-                            f"below the {space.reserve_bytes / 2**20:.0f} MiB reserve: new "
-                            "instances are answered Out of Resources (0xA700)")
+            warnings.append(f"low disk in {self.storage.root}: {space}: new instances are "
+                            "answered Out of Resources (0xA700)")
         full = self.ctx.recent_disk_full() if self.ctx else None
         if full is not None:
             when, error = full
@@ -249,6 +276,8 @@ class Node:
             status = NodeStatus.FAILED
         elif self._stopping.is_set():
             status = NodeStatus.STOPPING
+        elif not self._running:
+            status = NodeStatus.STARTING
         elif self._disk_low(space):
             status = NodeStatus.LOW_DISK
         else:

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from services.orthanc import LocalOrthanc, PeerError, free_port
-from services.orthanc import stop_process as stop
-from services.orthanc import wait_for_port as _wait_for_port
+from services.orthanc import LocalOrthanc
+from services.processes import PeerError, free_port
+from services.processes import stop_process as stop
+from services.processes import wait_for_port as _wait_for_port
 
 __all__ = ["free_port", "stop"]
 

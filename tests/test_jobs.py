@@ -21,6 +21,7 @@ from dicomcr.jobs import (
     Job,
     JobStore,
     ObjectKind,
+    StoreError,
     StudyJob,
     StudyState,
     queue_depth,
@@ -228,7 +229,7 @@ def test_an_older_store_migrates_its_derived_rows_on_open(tmp_path: Path) -> Non
         assert old.counts()["a"][ObjectKind.DERIVED][InstanceState.TRANSCODED] == 1
         assert {j.sop_instance_uid: j.kind for j in old.to_forward(5)} == {
             "1.2": ObjectKind.IMAGE, "2.1": ObjectKind.DERIVED}
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(StoreError, match="readonly"):  # sqlite3's errors stay in the store
             old.done("1.2")
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert "kind" not in {row[1] for row in db.execute("PRAGMA table_info(instances)")}
@@ -322,3 +323,35 @@ def test_only_delivered_objects_are_offered_for_deletion(tmp_path: Path) -> None
         store.purged("1.3")
         assert store.delivered_before(later) == []
         assert store.outputs_by_site() == {"a": [tmp_path / "1.2.dcm"]}  # only what is kept
+
+
+# -- dicomcr retry -----------------------------------------------------------------------------
+def test_retry_says_which_policy_it_uses_and_offers_the_current_one(tmp_path: Path) -> None:
+    """A site's CR changed after an image failed: a retry transcodes at the policy recorded when
+    it was received and says so, naming the site's policy now; --current-policy uses that."""
+    from services.cli import app
+
+    storage = tmp_path / "data"
+    storage.mkdir()
+    config = tmp_path / "node.yaml"
+    config.write_text(yaml.safe_dump({"node": {"storage": str(storage)},
+                                      "sites": [{"name": "a", "calling_ae": ["MG_A"], "cr": 100}]}))
+    with JobStore(storage / "jobs.sqlite") as store:
+        _receive(store, "1.1")  # received at CR 20, when site a said so
+        store.failed("1.1", "bad codestream")
+    said = CliRunner().invoke(app, ["retry", "1.1", "--config", str(config)])
+    assert said.exit_code == 0, said.output
+    assert "retrying image 1.1 at policy 20 (as received; the site's policy is now 100: " \
+           "--current-policy uses it)" in " ".join(said.output.split())
+    with JobStore(storage / "jobs.sqlite") as store:
+        (job,) = store.to_transcode(5)
+        assert job.policy == CR20
+        store.failed("1.1", "bad again")
+    said = CliRunner().invoke(app, ["retry", "--all-failed", "--current-policy", "--config",
+                                    str(config)])
+    assert said.exit_code == 0 and "retrying image 1.1 at policy 100" in said.output, said.output
+    with JobStore(storage / "jobs.sqlite") as store:
+        (job,) = store.to_transcode(5)
+        assert job.policy == Policy(Compression.CR, 100.0) and job.attempts == 0
+    again = CliRunner().invoke(app, ["retry", "1.1", "--config", str(config)])
+    assert again.exit_code == 2 and "not failed" in again.output

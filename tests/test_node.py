@@ -408,3 +408,24 @@ def test_retention_deletes_what_was_delivered_and_nothing_else(small_cohort: Pat
         assert status.exit_code == 0 and "queue depth: 0" in status.output, status.output
     finally:
         assert node.terminate() == 0
+
+
+@pytest.mark.parametrize("taken", ["port", "http_port"])
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path, taken: str) -> None:
+    """`dicomcr serve` where another program listens on its DICOM or HTTP port: one line that
+    names the port and the key, exit status 2, nothing left running (it used to end in a
+    100-line traceback)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        ports = {"port": free_port(), "http_port": free_port(), taken: holder.getsockname()[1]}
+        config = tmp_path / "node.yaml"
+        config.write_text(yaml.safe_dump({"node": {"host": "127.0.0.1", **ports,
+                                                   "storage": str(tmp_path / "data")}}))
+        run = subprocess.run([sys.executable, "-m", "services.cli", "serve", "--config",
+                              str(config)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    said = [line for line in run.stderr.splitlines() if "error" in line]
+    assert len(said) == 1 and f"(node.{taken})" in said[0], run.stderr
+    assert f":{ports[taken]} " in said[0] and "Traceback" not in run.stderr
+    assert "in use" in said[0]

@@ -327,3 +327,28 @@ def test_an_unreadable_result_fails_its_task_with_the_reason(rabbitmq: RabbitMQ,
         assert queue.capacity(TaskKind.TRANSCODE) == queue.capacity(TaskKind.INFER)  # none left
     finally:
         queue.close()
+
+
+def test_an_unreachable_broker_is_counted_from_its_first_failure(tmp_path: Path) -> None:
+    """/healthz says how long RabbitMQ has been unreachable: from the first failed publish of the
+    outage, not from the last failed reconnect (it used to restart at every try)."""
+    import re
+
+    from peers import free_port
+
+    from dicomcr.config import Policy
+    from services.workqueue import QueueUnavailable, TranscodeTask
+    from services.workqueue.amqp import AmqpQueue
+
+    queue = AmqpQueue(f"amqp://guest:guest@127.0.0.1:{free_port()}//", tmp_path, 2)
+    task = TranscodeTask("1.2.3", tmp_path / "x.dcm", tmp_path / "out", Policy.parse("20"))
+    try:
+        with pytest.raises(QueueUnavailable):
+            queue.submit(task)
+        time.sleep(2.5)
+        with pytest.raises(QueueUnavailable):
+            queue.submit(task)
+        (warning,) = queue.warnings()
+        assert int(re.search(r"unreachable for (\d+) s", warning).group(1)) >= 2, warning
+    finally:
+        queue.close()

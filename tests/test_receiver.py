@@ -9,15 +9,14 @@ import pydicom
 import pytest
 
 from dicomcr.config import Policy
-from dicomcr.jobs import JobStore
+from dicomcr.jobs import DiskReserve, JobStore
+from dicomcr.jobs import Storage as Spool
 from services.receiver import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     OUT_OF_RESOURCES,
     SUCCESS,
-    DiskReserve,
-    Outcome,
-    Spool,
+    Receipt,
     accept,
 )
 
@@ -44,11 +43,11 @@ def _accept(data: bytes, ds: pydicom.Dataset, spool: Spool, store: JobStore, **c
     received = spool.incoming / f"{len(list(spool.incoming.iterdir()))}.dcm"
     received.write_bytes(data)
     args = dict(sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID),
-                calling_ae="MG_A", site="a", policy=Policy.parse("20"), spool=spool, store=store,
+                calling_ae="MG_A", site="a", policy=Policy.parse("20"), storage=spool, store=store,
                 max_bytes=2**30)
     verdict = accept(received, **{**args, **changes})
     assert not received.exists()  # moved into the spool or into quarantine, never left behind
-    assert (verdict.outcome is Outcome.STORED) == (verdict.status == SUCCESS)
+    assert (verdict.receipt is Receipt.STORED) == (verdict.status == SUCCESS)
     return verdict.status
 
 

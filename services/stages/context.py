@@ -1,5 +1,7 @@
-"""What every stage of the node shares: the configuration, the job store, the spool, the work
-queue, the metrics, and the node's state (stopping, the last full disk)."""
+"""What every stage of the node shares: the configuration, the storage folder and its job store,
+the work queue, the metrics, and the node's state (stopping, the last full disk); and how a
+stage with nothing to do sleeps until there may be something (`wake`), never polling in a tight
+loop."""
 
 from __future__ import annotations
 
@@ -7,19 +9,32 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from enum import StrEnum
 
 from dicomcr.config import Config
-from dicomcr.jobs import JobStore
+from dicomcr.jobs import JobStore, Storage
+from dicomcr.outputs import is_disk_full
 
-from ..http import Metrics
-from ..receiver import Spool, is_disk_full
-from ..workqueue import Result, TaskKind, WorkQueue
+from ..metrics import Metrics
+from ..workqueue import WorkQueue
 
 log = logging.getLogger("dicomcr.node")
 
 DISK_RETRY_SECONDS = 3.0  # work that met a full disk is tried again after this
 DISK_FULL_SHOWN_SECONDS = 60.0  # /healthz reports a full disk this long after the last one
+# A stage with nothing to do looks at the job store again after this even when nothing woke it:
+# `dicomcr retry` and other processes change the store without telling the node.
+IDLE_CHECK_SECONDS = 2.0
+
+
+class Loop(StrEnum):
+    """The node's stages that run in a thread of their own (receive runs in pynetdicom's). The
+    values are the `loop` labels of /healthz and /metrics."""
+
+    TRANSCODE = "transcode"
+    INFER = "inference"
+    FORWARD = "forward"
+    RETENTION = "retention"
 
 
 @dataclass
@@ -27,20 +42,45 @@ class NodeContext:
     """The node's shared parts, handed to each stage."""
 
     config: Config
-    root: Path
+    storage: Storage
     store: JobStore
-    spool: Spool
     queue: WorkQueue
     metrics: Metrics
-    poll: float = 0.2
+    poll: float = 0.2  # how often a stage looks for results a backend cannot announce
     stop: threading.Event = field(default_factory=threading.Event)  # take nothing new
     stopping: threading.Event = field(default_factory=threading.Event)  # stop() began
     disk_full: tuple[float, str] | None = None  # when and what, the last time
+    wakes: dict[Loop, threading.Event] = field(
+        default_factory=lambda: {loop: threading.Event() for loop in Loop})
 
     @property
     def max_worker_deaths(self) -> int:
         return self.config.node.max_worker_deaths
 
+    # -- waking ------------------------------------------------------------------------------
+    def wake(self, *loops: Loop) -> None:
+        """There may be work for `loops` (an instance received, a task finished, the node
+        stopping): they look now instead of at their next timer."""
+        for loop in loops:
+            self.wakes[loop].set()
+
+    def sleep(self, loop: Loop, seconds: float) -> None:
+        """Let `loop` wait until woken or `seconds` passed (at most IDLE_CHECK_SECONDS)."""
+        event = self.wakes[loop]
+        event.wait(max(0.0, min(seconds, IDLE_CHECK_SECONDS)))
+        event.clear()
+
+    def until(self, when: float | None) -> float:
+        """Seconds from now to the time `when` (a retry falling due), IDLE_CHECK_SECONDS for
+        none."""
+        return IDLE_CHECK_SECONDS if when is None else when - time.time()
+
+    def stop_all(self) -> None:
+        """Take nothing new, and wake every loop so that it sees it."""
+        self.stop.set()
+        self.wake(*Loop)
+
+    # -- a full disk ---------------------------------------------------------------------------
     def note_disk_full(self, exc: BaseException) -> None:
         """Remember a full disk for /healthz and /metrics (it may be gone by the next scrape)."""
         self.disk_full = (time.time(), str(exc))
@@ -61,31 +101,3 @@ class NodeContext:
         log.warning("disk full (%s): trying again in %g s", exc, DISK_RETRY_SECONDS)
         self.stop.wait(DISK_RETRY_SECONDS)
         return True
-
-
-class QueuedStage:
-    """A stage whose work runs on the work queue: each round publishes what is ready (unless the
-    node is stopping) and records what came back. Subclasses say `kind`, `_publish` and
-    `_record`; `in_flight` holds what they handed out."""
-
-    kind: TaskKind
-
-    def __init__(self, ctx: NodeContext) -> None:
-        self.ctx = ctx
-        self.in_flight: dict[str, object] = {}
-
-    def busy(self) -> bool:
-        """Tasks still to come back that the node waits for when it stops (local workers)."""
-        return bool(self.in_flight) and self.ctx.queue.waits_on_stop
-
-    def step(self, accepting: bool) -> None:
-        if accepting:
-            self._publish()
-        for result in self.ctx.queue.results(self.kind, self.ctx.poll):
-            self._record(result)
-
-    def _publish(self) -> None:
-        raise NotImplementedError
-
-    def _record(self, result: Result) -> None:
-        raise NotImplementedError

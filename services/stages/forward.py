@@ -8,7 +8,6 @@ replaces itself at the peer.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -20,15 +19,14 @@ import pydicom
 import pydicom.errors
 
 from dicomcr.config import DicomDestination, FolderDestination
-from dicomcr.jobs import Job, ObjectKind
+from dicomcr.jobs import InstanceState, Job, ObjectKind
 from dicomcr.net.scu import ClientTLS, NetworkError, Peer, send
 
-from .context import NodeContext
+from .context import Loop, NodeContext
 
 log = logging.getLogger("dicomcr.node")
 
 BATCH = 32  # objects per association
-RETENTION_SWEEP_SECONDS = 60.0  # how often delivered objects past node.retention_days are deleted
 
 
 @dataclass
@@ -83,7 +81,6 @@ class ForwardStage:
         self.images = ctx.config.forward.to
         inference = ctx.config.inference
         self.derived = (inference.send_to if inference else None) or self.images
-        self._next_sweep = 0.0
         self.health = {name: DestinationHealth() for name in dict.fromkeys(
             (self.images, self.derived))}
 
@@ -106,10 +103,10 @@ class ForwardStage:
     def step(self, accepting: bool) -> None:
         if not accepting:
             return
-        self._sweep()
         jobs = self.ctx.store.to_forward(BATCH)
-        if not jobs:
-            self.ctx.stop.wait(self.ctx.poll)
+        if not jobs:  # until something is transcoded or derived, or a retry falls due
+            self.ctx.sleep(Loop.FORWARD, self.ctx.until(
+                self.ctx.store.next_due(InstanceState.TRANSCODED)))
             return
         for name in dict.fromkeys((self.images, self.derived)):
             batch = [j for j in jobs if self._destination(j) == name]
@@ -119,25 +116,6 @@ class ForwardStage:
             self._forward(batch, name)
             for _ in batch:
                 self.ctx.metrics.observe("forward", (time.perf_counter() - start) / len(batch))
-
-    def _sweep(self) -> None:
-        """node.retention_days: delete the files of objects delivered longer ago than that (never
-        one not yet delivered, never anything outside the storage folder), at most every minute."""
-        days = self.ctx.config.node.retention_days
-        if days is None or time.monotonic() < self._next_sweep:
-            return
-        keep = days * 86400
-        self._next_sweep = time.monotonic() + min(RETENTION_SWEEP_SECONDS, keep / 4)
-        root = self.ctx.root.resolve()
-        for job in self.ctx.store.delivered_before(time.time() - keep):
-            for path in {job.spool_path, *job.outputs}:
-                if path.resolve().is_relative_to(root):
-                    path.unlink(missing_ok=True)
-                    with contextlib.suppress(OSError):  # out/<uid>/<cr>/ and out/<uid>/, if empty
-                        path.parent.rmdir()
-                        path.parent.parent.rmdir()
-            self.ctx.store.purged(job.sop_instance_uid)
-            self.ctx.metrics.count("purged")
 
     def _destination(self, job: Job) -> str:
         return self.derived if job.kind is ObjectKind.DERIVED else self.images
@@ -179,5 +157,7 @@ class ForwardStage:
                                          time.time() + delay, failed[job.sop_instance_uid])
                 ctx.metrics.count("forward_retries")
             else:
-                ctx.store.done(job.sop_instance_uid)
+                if not ctx.store.done(job.sop_instance_uid):
+                    log.info("%s was sent again while it was forwarded: the new one is "
+                             "forwarded in its turn", job.sop_instance_uid)
                 ctx.metrics.count("forwarded")

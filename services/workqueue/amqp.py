@@ -28,10 +28,10 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dicomcr.jobs import Storage
 from dicomcr.outputs import write_text_atomically
 
 from .base import (
-    RESULTS_FOLDER,
     InferenceResult,
     InferenceTask,
     Outcome,
@@ -56,6 +56,9 @@ EXCHANGE = "dicomcr"
 DEAD_LETTER_EXCHANGE = "dicomcr.dead"
 DEAD_LETTER_QUEUE = "dicomcr.dead"
 PUBLISH_TIMEOUT_SECONDS = 10.0  # a broker that does not confirm by then is treated as down
+# The node's own connections fail at once when the broker refuses them (kombu's default retries
+# for 12 s, blocking the stage that asked); the stages try again at their own pace.
+NO_RETRY = {"max_retries": 0}
 DEAD_LETTER_CHECK_SECONDS = 1.0
 IN_FLIGHT_LIMIT = 512  # tasks of one kind published and not yet finished, before the node waits
 
@@ -175,10 +178,13 @@ class AmqpQueue:
     """WorkQueue over Celery on RabbitMQ; see the module's docstring."""
 
     waits_on_stop = False  # tasks on the broker outlive the node; a restart publishes them again
+    announces = False  # results are files on shared storage: the node looks for them
 
     def __init__(self, url: str, storage: Path, delivery_limit: int) -> None:
+        """`storage`: the node's storage folder, shared with the workers."""
         self.url = url
-        self.results_folder = Path(storage) / RESULTS_FOLDER
+        self.storage = Storage(storage)
+        self.results_folder = self.storage.results
         self.results_folder.mkdir(parents=True, exist_ok=True)
         self.app = celery_app(url, delivery_limit)
         self._lock = threading.Lock()
@@ -202,7 +208,7 @@ class AmqpQueue:
             from kombu import Connection
 
             connection = Connection(self.url, connect_timeout=PUBLISH_TIMEOUT_SECONDS,
-                                    transport_options={"confirm_publish": True})
+                                    transport_options={"confirm_publish": True, **NO_RETRY})
             try:
                 channel = connection.default_channel
                 for queue in self.app.conf.task_queues:
@@ -229,7 +235,7 @@ class AmqpQueue:
 
     def submit(self, task: Task) -> None:
         task_id = str(uuid.uuid4())
-        result = self.results_folder / f"{task_id}.json"
+        result = self.storage.result_of(task_id)
         with self._publish_lock:
             try:
                 self.app.send_task(TASK_NAMES[task.kind], args=(task.to_dict(), str(result)),
@@ -238,7 +244,7 @@ class AmqpQueue:
                                    timeout=PUBLISH_TIMEOUT_SECONDS)
             except Exception as exc:  # kombu's OperationalError, socket errors, no confirm
                 self._drop_publisher()
-                self._broker_error = (time.time(), f"{type(exc).__name__}: {exc}")
+                self._broker_failed(exc)
                 raise QueueUnavailable(f"RabbitMQ at {self._safe_url()} did not take the "
                                        f"task: {exc}") from exc
         self._broker_error = None
@@ -297,7 +303,8 @@ class AmqpQueue:
         try:
             if self._dead_connection is None:
                 self._dead_connection = Connection(self.url,
-                                                   connect_timeout=PUBLISH_TIMEOUT_SECONDS)
+                                                   connect_timeout=PUBLISH_TIMEOUT_SECONDS,
+                                                   transport_options=NO_RETRY)
             queue = Queue(DEAD_LETTER_QUEUE, channel=self._dead_connection.default_channel,
                           no_declare=True)
             while (message := queue.get(no_ack=False, accept=["json"])) is not None:
@@ -307,7 +314,7 @@ class AmqpQueue:
                 self._broker_error = None
         except Exception as exc:  # the broker is down: said in warnings, read again later
             self._drop_dead_connection()
-            self._broker_error = (time.time(), f"{type(exc).__name__}: {exc}")
+            self._broker_failed(exc)
 
     def _drop_dead_connection(self) -> None:
         if self._dead_connection is not None:
@@ -334,6 +341,15 @@ class AmqpQueue:
             self._published[kind].pop(task_id, None)
         log.error("dead-lettered %s task %s: %s", kind.value, task_id, reason)
         self._dead[kind] += _given_up(kind, data, Outcome.DEAD_LETTERED, reason)
+
+    def _broker_failed(self, exc: BaseException) -> None:
+        """Remember a failure to reach the broker: since when (the first failure of this
+        outage, not the last reconnect) and the last error."""
+        since = self._broker_error[0] if self._broker_error else time.time()
+        self._broker_error = (since, f"{type(exc).__name__}: {exc}")
+
+    def watch(self, kind: TaskKind, callback) -> None:
+        """Nothing: results are found by looking (see `announces`)."""
 
     def warnings(self) -> list[str]:
         error = self._broker_error

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 from dicomcr.config import Policy
-
-RESULTS_FOLDER = "results"  # under the node's storage: where remote workers leave results
 
 
 class TaskKind(StrEnum):
@@ -85,6 +84,10 @@ class TranscodeResult:
     peak_rss_mb: float = 0.0
     error: str = ""
 
+    @property
+    def uid(self) -> str:
+        """The key of the job this is the result of."""
+        return self.sop_instance_uid
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -157,6 +160,10 @@ class InferenceResult:
     seconds: float = 0.0
     error: str = ""
 
+    @property
+    def uid(self) -> str:
+        """The key of the job this is the result of."""
+        return self.study_uid
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -182,9 +189,13 @@ class WorkQueue(Protocol):
     raises QueueUnavailable; the caller records the job as queued only after it returns.
     `results` returns what finished since the last call, waiting up to `timeout` for something;
     every submitted task eventually yields a result for each of its keys (a worker that died
-    yields WORKER_DIED or, on a broker, DEAD_LETTERED after the delivery limit)."""
+    yields WORKER_DIED or, on a broker, DEAD_LETTERED after the delivery limit). A backend that
+    `announces` calls the callbacks given to `watch` when a task of that kind finishes, so that
+    a stage sleeps until then; one that does not is looked at every poll interval while tasks
+    are out."""
 
     waits_on_stop: bool  # whether a stopping node waits for the tasks it handed out
+    announces: bool  # whether `watch` callbacks are called when a task finishes
 
     def capacity(self, kind: TaskKind) -> int:
         """How many more tasks of `kind` are worth submitting now."""
@@ -193,6 +204,11 @@ class WorkQueue(Protocol):
     def submit(self, task: Task) -> None: ...
 
     def results(self, kind: TaskKind, timeout: float) -> list[Result]: ...
+
+    def watch(self, kind: TaskKind, callback: Callable[[], None]) -> None:
+        """Call `callback` (from any thread) whenever a task of `kind` finishes, if this backend
+        `announces`; otherwise nothing."""
+        ...
 
     def warnings(self) -> list[str]:
         """What /healthz should say about the queue (a broker that cannot be reached)."""
@@ -204,9 +220,8 @@ class WorkQueue(Protocol):
 # -- the units of work, as any worker runs them --------------------------------------------
 def run_transcode(task: TranscodeTask) -> TranscodeResult:
     """Transcode one instance; every error becomes a result (a full disk: DISK_FULL)."""
+    from dicomcr.outputs import is_disk_full
     from dicomcr.transcode import transcode_file
-
-    from ..receiver import is_disk_full
 
     start = time.perf_counter()
     uid = task.sop_instance_uid
@@ -229,8 +244,9 @@ def run_transcode(task: TranscodeTask) -> TranscodeResult:
 
 def run_inference(task: InferenceTask) -> list[InferenceResult]:
     """Classify each study of the batch and write its objects; each study ends on its own."""
+    from dicomcr.outputs import is_disk_full
+
     from ..inference import infer_study
-    from ..receiver import is_disk_full
 
     results = []
     for study in task.studies:

@@ -13,6 +13,7 @@ import ctypes
 import multiprocessing
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -107,9 +108,14 @@ class LocalQueue:
             TaskKind.INFER: WorkerPool(1, "dicomcr-infer", lambda: on_death(TaskKind.INFER)),
         }
         self._running: dict[TaskKind, list[_InFlight]] = {kind: [] for kind in TaskKind}
+        self._watchers: dict[TaskKind, list[Callable[[], None]]] = {k: [] for k in TaskKind}
         self._lock = threading.Lock()
 
     waits_on_stop = True  # a stopping node lets its workers finish what they run
+    announces = True  # each future calls the watchers when it is done
+
+    def watch(self, kind: TaskKind, callback: Callable[[], None]) -> None:
+        self._watchers[kind].append(callback)
 
     def capacity(self, kind: TaskKind) -> int:
         with self._lock:
@@ -120,11 +126,14 @@ class LocalQueue:
         future, generation = self._pools[task.kind].submit(function, task)
         with self._lock:
             self._running[task.kind].append(_InFlight(task, future, generation))
+        for callback in self._watchers[task.kind]:
+            future.add_done_callback(lambda _, callback=callback: callback())
 
     def results(self, kind: TaskKind, timeout: float) -> list[Result]:
         with self._lock:
             running = list(self._running[kind])
-        if not running:
+        if not running:  # nothing can come back: wait as a broker's queue would, then say so
+            time.sleep(timeout)
             return []
         wait([item.future for item in running], timeout=timeout, return_when=FIRST_COMPLETED)
         finished = [item for item in running if item.future.done()]
