@@ -7,8 +7,11 @@ cd "$(dirname "$0")/.."
 
 # rabbitmq-server: the broker of the `queue: amqp://...` backend. The tests start their own on
 # free loopback ports; the system service is not used and is left stopped and disabled.
-PEERS=(dcmtk orthanc libgdcm-tools dicom3tools libopenjp2-tools openjph-tools openssl
-       rabbitmq-server)
+# orthanc-dicomweb: Orthanc's DICOMweb plugin, the STOW-RS peer. chromium and chromium-driver:
+# the browser the operator page is tested in (tests only).
+PEERS=(dcmtk orthanc orthanc-dicomweb libgdcm-tools dicom3tools libopenjp2-tools openjph-tools
+       openssl rabbitmq-server)
+if [ "${1:-}" = "test" ]; then PEERS+=(chromium chromium-driver); fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 

@@ -413,3 +413,30 @@ def test_healthz_is_not_ok_before_every_loop_runs(tmp_path: Path) -> None:
         assert health["loops"] == {"transcode": "running", "forward": "running"}
     finally:
         node.stop()
+
+
+# -- what the operator page reads --------------------------------------------------------------
+def test_the_store_keeps_the_achieved_cr_and_the_probabilities(node: NodeContext,
+                                                              tmp_path: Path) -> None:
+    transcode = TranscodeStage(node)
+    infer = InferenceStage(node, {"a": tmp_path / "m.dcmcr", "raw": None, "unknown": None}, {},
+                           "cpu")
+    for view, cr in enumerate((19.5, 20.1, 20.4, 21.0)):
+        _receive(node, f"1.{view}")
+    transcode.step(accepting=True)
+    for view, cr in enumerate((19.5, 20.1, 20.4, 21.0)):
+        node.queue.finish(TaskKind.TRANSCODE, TranscodeResult(
+            f"1.{view}", Outcome.DONE, (_output(node, f"1.{view}"),), cr))
+    transcode.step(accepting=True)
+    infer.step(accepting=True)
+    node.queue.finish(TaskKind.INFER, InferenceResult("1.9", Outcome.DONE, (),
+                                                      {"L": 0.25, "R": 0.75}))
+    infer.step(accepting=True)
+    achieved = node.store.achieved_crs()["a"]
+    assert (achieved.images, achieved.minimum, achieved.median, achieved.maximum) == (
+        4, 19.5, 20.25, 21.0)
+    (study,) = node.store.recent_studies()
+    assert (study.uid, study.state, study.probabilities) == ("1.9", StudyState.INFERRED,
+                                                            {"L": 0.25, "R": 0.75})
+    assert [(i.uid, i.achieved_cr) for i in study.instances] == [
+        ("1.0", 19.5), ("1.1", 20.1), ("1.2", 20.4), ("1.3", 21.0)]

@@ -175,13 +175,15 @@ class StateChanges(Database):
         """A queued instance goes back to wait (`hand_back`)."""
         return self.hand_back(INSTANCES, uid)
 
-    def transcoded(self, uid: str, outputs: list[Path]) -> bool:
-        """Its outputs are written. Only a received or queued instance: one that was sent again
-        meanwhile and transcoded again keeps its newer record."""
+    def transcoded(self, uid: str, outputs: list[Path], achieved_cr: float | None = None
+                   ) -> bool:
+        """Its outputs are written (at `achieved_cr`, as measured, for a lossy policy). Only a
+        received or queued instance: one that was sent again meanwhile and transcoded again
+        keeps its newer record."""
         return self.move(INSTANCES, uid, (InstanceState.RECEIVED, InstanceState.QUEUED),
                          InstanceState.TRANSCODED,
                          outputs=json.dumps([str(p) for p in outputs]), error="",
-                         next_attempt_at=0)
+                         next_attempt_at=0, achieved_cr=achieved_cr)
 
     def failed(self, uid: str, error: str, quarantined: Path | None = None) -> bool:
         """Give up on an instance that waits or is in a worker's hands (`give_up`);
@@ -232,16 +234,19 @@ class StateChanges(Database):
         return self.hand_out(STUDIES, study_uid)
 
     def study_done(self, study_uid: str, state: StudyState = StudyState.INFERRED,
-                   error: str = "", was: StudyState = StudyState.QUEUED) -> bool:
-        """Inference of a study ended: inferred, failed (error says why) or skipped (no model).
-        Only while the study is still `was` (queued: its result came back; waiting: given up
-        before it was handed out): an image that arrived meanwhile put it back to waiting, and
-        it is classified again with that image. False when it was not changed."""
+                   error: str = "", was: StudyState = StudyState.QUEUED,
+                   probabilities: dict[str, float] | None = None) -> bool:
+        """Inference of a study ended: inferred (with each breast's `probabilities`), failed
+        (error says why) or skipped (no model). Only while the study is still `was` (queued: its
+        result came back; waiting: given up before it was handed out): an image that arrived
+        meanwhile put it back to waiting, and it is classified again with that image. False when
+        it was not changed."""
         state = StudyState(state)
         if state in (StudyState.WAITING, StudyState.QUEUED):
             raise ValueError("a study is put back with study_retry and handed out with "
                              "study_queued, not study_done")
-        return self.move(STUDIES, study_uid, StudyState(was), state, error=error)
+        return self.move(STUDIES, study_uid, StudyState(was), state, error=error,
+                         probabilities=json.dumps(probabilities or {}))
 
     def study_requeue(self, study_uid: str) -> bool:
         """A queued study waits again (`hand_back`)."""

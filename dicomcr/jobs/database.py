@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS instances (
     updated_at       REAL NOT NULL,
     worker_deaths    INTEGER NOT NULL DEFAULT 0,
     kind             TEXT NOT NULL DEFAULT 'image',
-    purged_at        REAL NOT NULL DEFAULT 0
+    purged_at        REAL NOT NULL DEFAULT 0,
+    achieved_cr      REAL
 );
 CREATE INDEX IF NOT EXISTS by_state ON instances (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS by_study ON instances (study_uid);
@@ -47,8 +48,10 @@ CREATE TABLE IF NOT EXISTS studies (
     error            TEXT NOT NULL DEFAULT '',
     updated_at       REAL NOT NULL,
     worker_deaths    INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at  REAL NOT NULL DEFAULT 0
+    next_attempt_at  REAL NOT NULL DEFAULT 0,
+    probabilities    TEXT NOT NULL DEFAULT '{}'
 );
+CREATE INDEX IF NOT EXISTS studies_by_time ON studies (updated_at);
 """
 # Columns added after the first release: (table, column, declaration) for stores made before.
 ADDED_COLUMNS = (
@@ -57,6 +60,8 @@ ADDED_COLUMNS = (
     ("studies", "next_attempt_at", "REAL NOT NULL DEFAULT 0"),
     ("instances", "kind", "TEXT NOT NULL DEFAULT 'image'"),
     ("instances", "purged_at", "REAL NOT NULL DEFAULT 0"),  # files removed (node.retention_days)
+    ("instances", "achieved_cr", "REAL"),  # the CR the transcoder measured on its output
+    ("studies", "probabilities", "TEXT NOT NULL DEFAULT '{}'"),  # {laterality: P(malignant)}
 )
 # Before `kind`, the node's own objects were marked by this policy; they migrate to kind 'derived'
 # with policy 'none' when such a store is opened.
@@ -115,6 +120,8 @@ class Database:
         self._purged = "purged_at" if "purged_at" in present else "0"
         self._study_deaths = "worker_deaths" if "worker_deaths" in studies else "0"
         self._study_retry_at = "next_attempt_at" if "next_attempt_at" in studies else "0"
+        self._achieved = "achieved_cr" if "achieved_cr" in present else "NULL"
+        self._probabilities = "probabilities" if "probabilities" in studies else "'{}'"
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:

@@ -5,13 +5,24 @@ node's state (counts, failures, the forwarding backlog, each site's outputs) for
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from ..config import Policy
 from .database import Database
-from .records import Backlog, Counts, FailedWhat, Failure, Job, StudyJob
+from .records import (
+    AchievedCR,
+    Backlog,
+    Counts,
+    FailedWhat,
+    Failure,
+    ImageView,
+    Job,
+    StudyJob,
+    StudyView,
+)
 from .states import InstanceState, ObjectKind, StudyState
 
 
@@ -153,3 +164,47 @@ class ReadModels(Database):
         for site, outputs in rows:
             out.setdefault(site, []).extend(Path(p) for p in json.loads(outputs))
         return out
+
+    def recent_studies(self, limit: int = 20) -> list[StudyView]:
+        """The `limit` studies that received an image last, newest first, each with its images
+        and derived objects (the operator page)."""
+        with self.sql() as db:
+            studies = db.execute(
+                f"SELECT study_uid, site, state, error, {self._probabilities}, last_received_at "
+                "FROM studies ORDER BY last_received_at DESC LIMIT ?", (limit,)).fetchall()
+            views = []
+            for uid, site, state, error, probabilities, last in studies:
+                rows = db.execute(
+                    f"SELECT sop_instance_uid, {self._kind}, state, {self._achieved}, outputs, "
+                    "error, attempts, next_attempt_at FROM instances WHERE study_uid=? "
+                    f"ORDER BY {self._kind} DESC, received_at", (uid,)).fetchall()
+                instances = tuple(
+                    ImageView(sop, ObjectKind(kind), InstanceState(istate), cr,
+                              tuple(Path(p) for p in json.loads(outputs)), ierror, attempts, due)
+                    for sop, kind, istate, cr, outputs, ierror, attempts, due in rows)
+                views.append(StudyView(uid, site, StudyState(state), error,
+                                       json.loads(probabilities), last, instances))
+        return views
+
+    def achieved_crs(self) -> dict[str, AchievedCR]:
+        """{site: the spread of the CRs measured on its transcoded images} (lossy ones)."""
+        with self.sql() as db:
+            rows = db.execute(f"SELECT site, {self._achieved} FROM instances WHERE {self._kind}=? "
+                              f"AND {self._achieved} IS NOT NULL",
+                              (ObjectKind.IMAGE.value,)).fetchall()
+        by_site: dict[str, list[float]] = {}
+        for site, cr in rows:
+            by_site.setdefault(site, []).append(cr)
+        return {site: AchievedCR(len(crs), min(crs), statistics.median(crs), max(crs))
+                for site, crs in by_site.items()}
+
+    def retrying(self, limit: int = 50) -> list[tuple[Job, str, float]]:
+        """Objects whose forwarding failed and waits for its next try: (job, the last error,
+        when it is tried again), the soonest first."""
+        with self.sql() as db:
+            rows = db.execute("SELECT sop_instance_uid, error, next_attempt_at FROM instances "
+                              "WHERE state=? AND attempts > 0 ORDER BY next_attempt_at LIMIT ?",
+                              (InstanceState.TRANSCODED.value, limit)).fetchall()
+        jobs = {job.uid: job for job in self._jobs(
+            f"sop_instance_uid IN ({', '.join('?' * len(rows))})", tuple(r[0] for r in rows))}
+        return [(jobs[uid], error, due) for uid, error, due in rows if uid in jobs]

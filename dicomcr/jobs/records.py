@@ -7,7 +7,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from ..config import Policy
-from .states import PENDING, InstanceState, ObjectKind
+from .states import PENDING, InstanceState, ObjectKind, StudyState
 
 # {site: {kind: {state: count}}}; every state is present for a (site, kind) that has rows.
 Counts = dict[str, dict[ObjectKind, dict[InstanceState, int]]]
@@ -83,3 +83,40 @@ class Backlog:
     oldest_received_at: float | None
     retries: int
 
+
+
+@dataclass(frozen=True)
+class ImageView:
+    """One instance of a study as the operator page shows it."""
+
+    uid: str
+    kind: ObjectKind
+    state: InstanceState
+    achieved_cr: float | None
+    outputs: tuple[Path, ...]
+    error: str
+    attempts: int  # forwarding attempts that failed
+    next_attempt_at: float  # when it is tried again, 0 when not waiting for a retry
+
+
+@dataclass(frozen=True)
+class StudyView:
+    """One study with its images and derived objects, newest first on the operator page."""
+
+    uid: str
+    site: str
+    state: StudyState
+    error: str
+    probabilities: dict[str, float]
+    last_received_at: float
+    instances: tuple[ImageView, ...]
+
+
+@dataclass(frozen=True)
+class AchievedCR:
+    """The CRs measured on a site's transcoded images: how many, and their spread."""
+
+    images: int
+    minimum: float
+    median: float
+    maximum: float

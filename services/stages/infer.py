@@ -102,7 +102,7 @@ class InferenceStage(QueuedStage):
             ctx.store.derived(sop_instance_uid=item.sop_instance_uid,
                               sop_class_uid=item.sop_class_uid, study_uid=study.uid,
                               site=study.site, path=item.path)
-        if not ctx.store.study_done(study.uid):
+        if not ctx.store.study_done(study.uid, probabilities=result.probabilities):
             log.info("study %s received an image while it was classified: it will be "
                      "classified again", study.uid)
         ctx.metrics.count("inferred")

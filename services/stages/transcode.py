@@ -53,7 +53,7 @@ class TranscodeStage(QueuedStage):
     def _done(self, job: Job, result: TranscodeResult) -> None:
         ctx = self.ctx
         self.peak_rss_mb = max(self.peak_rss_mb, result.peak_rss_mb)
-        ctx.store.transcoded(job.uid, list(result.outputs))
+        ctx.store.transcoded(job.uid, list(result.outputs), result.achieved_cr)
         ctx.metrics.count("transcoded")
         ctx.metrics.observe("transcode", result.seconds)
         ctx.wake(Loop.INFER, Loop.FORWARD)
