@@ -352,3 +352,36 @@ def test_an_unreachable_broker_is_counted_from_its_first_failure(tmp_path: Path)
         assert int(re.search(r"unreachable for (\d+) s", warning).group(1)) >= 2, warning
     finally:
         queue.close()
+
+
+def test_the_queue_says_what_waits_and_who_takes_it(rabbitmq: RabbitMQ, tmp_path: Path) -> None:
+    """For the operator page: each task queue's depth and its consumers (the `dicomcr worker`
+    processes), as RabbitMQ reports them; unknown, and said, while the broker is unreachable."""
+    from dicomcr.config import Policy
+    from services.workqueue.amqp import AmqpQueue
+    from services.workqueue.base import TaskKind, TranscodeTask
+
+    queue = AmqpQueue(rabbitmq.url, tmp_path, DELIVERY_LIMIT)
+    try:
+        queue.submit(TranscodeTask("1.2.3.9", tmp_path / "in.dcm", tmp_path / "out",
+                                   Policy.parse("20")))
+        with rabbitmq.connection() as conn:  # a worker listening on the infer queue
+            consumer = conn.Consumer(Queue("dicomcr.infer", channel=conn.default_channel,
+                                           no_declare=True), callbacks=[lambda *_: None])
+            consumer.consume()
+            view = {line.kind: line for line in queue.describe().lines}
+        assert "RabbitMQ at" in queue.describe().backend
+        assert (view[TaskKind.TRANSCODE].running, view[TaskKind.TRANSCODE].waiting,
+                view[TaskKind.TRANSCODE].workers) == (1, 1, 0)
+        assert (view[TaskKind.INFER].waiting, view[TaskKind.INFER].workers) == (0, 1)
+    finally:
+        queue.close()
+    from peers import free_port
+
+    down = AmqpQueue(f"amqp://guest:guest@127.0.0.1:{free_port()}//", tmp_path / "d", 2)
+    try:
+        lines = down.describe().lines
+        assert all(line.waiting is None and line.workers is None for line in lines)
+        assert down.warnings() and "unreachable" in down.warnings()[0]
+    finally:
+        down.close()

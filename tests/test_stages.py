@@ -37,7 +37,9 @@ from services.workqueue import (
     InferenceResult,
     InferenceTask,
     Outcome,
+    QueueLine,
     QueueUnavailable,
+    QueueView,
     Result,
     Task,
     TaskKind,
@@ -87,6 +89,10 @@ class ScriptedQueue:
 
     def warnings(self) -> list[str]:
         return []
+
+    def describe(self) -> QueueView:
+        return QueueView("scripted", tuple(QueueLine(kind, self.running[kind], None, self.room)
+                                           for kind in TaskKind))
 
     def close(self) -> None:
         pass
@@ -421,7 +427,7 @@ def test_the_store_keeps_the_achieved_cr_and_the_probabilities(node: NodeContext
     transcode = TranscodeStage(node)
     infer = InferenceStage(node, {"a": tmp_path / "m.dcmcr", "raw": None, "unknown": None}, {},
                            "cpu")
-    for view, cr in enumerate((19.5, 20.1, 20.4, 21.0)):
+    for view in range(4):
         _receive(node, f"1.{view}")
     transcode.step(accepting=True)
     for view, cr in enumerate((19.5, 20.1, 20.4, 21.0)):

@@ -8,6 +8,7 @@ keeps in reserve.
     <storage>/out/<SOP UID>/           the transcoded images of one source
     <storage>/derived/<Study UID>/     the saliency SCs and SR the node made for a study
     <storage>/results/<task id>.json   results left by remote workers (queue: amqp://)
+    <storage>/thumbnails/<SOP UID>.png small renderings of the node's saliency SCs (the web page)
 
 Workers on other machines see the same folder at the same path (shared storage), so every path
 the node hands out comes from here.
@@ -61,6 +62,14 @@ class Storage:
     @property
     def results(self) -> Path:
         return self.root / "results"
+
+    @property
+    def thumbnails(self) -> Path:
+        return self.root / "thumbnails"
+
+    def thumbnail_of(self, sop_instance_uid: str) -> Path:
+        """Where the operator page keeps a small PNG of one SC the node made."""
+        return self.thumbnails / f"{sop_instance_uid}.png"
 
     def spooled(self, sop_instance_uid: str) -> Path:
         """Where an acknowledged source is kept (the UID was checked: digits and dots)."""

@@ -15,7 +15,9 @@ from .base import (
     InferenceResult,
     InferenceTask,
     Outcome,
+    QueueLine,
     QueueUnavailable,
+    QueueView,
     Result,
     StudyTask,
     Task,
@@ -26,9 +28,9 @@ from .base import (
 )
 
 __all__ = [
-    "DerivedObject", "InferenceResult", "InferenceTask", "Outcome", "QueueUnavailable", "Result",
-    "StudyTask", "Task", "TaskKind", "TranscodeResult", "TranscodeTask", "WorkQueue",
-    "open_queue",
+    "DerivedObject", "InferenceResult", "InferenceTask", "Outcome", "QueueLine",
+    "QueueUnavailable", "QueueView", "Result", "StudyTask", "Task", "TaskKind", "TranscodeResult",
+    "TranscodeTask", "WorkQueue", "open_queue",
 ]
 
 

@@ -35,7 +35,9 @@ from .base import (
     InferenceResult,
     InferenceTask,
     Outcome,
+    QueueLine,
     QueueUnavailable,
+    QueueView,
     Result,
     Task,
     TaskKind,
@@ -350,6 +352,25 @@ class AmqpQueue:
 
     def watch(self, kind: TaskKind, callback) -> None:
         """Nothing: results are found by looking (see `announces`)."""
+
+    def describe(self) -> QueueView:
+        """Each task queue's depth and consumers (the `dicomcr worker` processes taking it), as
+        RabbitMQ reports them to a passive declare; unknown while the broker is unreachable."""
+        with self._lock:
+            running = {kind: len(self._published[kind]) for kind in TaskKind}
+        counts: dict[TaskKind, tuple[int | None, int | None]] = {}
+        with self._publish_lock:
+            try:
+                channel = self._producer().channel
+                for kind in TaskKind:
+                    _, waiting, consumers = channel.queue_declare(QUEUES[kind], passive=True)
+                    counts[kind] = (waiting, consumers)
+            except Exception as exc:  # the broker is down: said, and counted as such
+                self._drop_publisher()
+                self._broker_failed(exc)
+        lines = tuple(QueueLine(kind, running[kind], *counts.get(kind, (None, None)))
+                      for kind in TaskKind)
+        return QueueView(f"RabbitMQ at {self._safe_url()}", lines)
 
     def warnings(self) -> list[str]:
         error = self._broker_error

@@ -182,6 +182,24 @@ Task = TranscodeTask | InferenceTask
 Result = TranscodeResult | InferenceResult
 
 
+@dataclass(frozen=True)
+class QueueLine:
+    """One kind of work as the backend sees it now (for the operator page)."""
+
+    kind: TaskKind
+    running: int  # tasks the node handed out that have not come back
+    waiting: int | None  # tasks on the broker no worker has taken yet (None: local pools)
+    workers: int | None  # processes (local) or consumers (broker) taking them; None: unknown
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """The work queue in words and numbers: which backend, and each kind of work."""
+
+    backend: str
+    lines: tuple[QueueLine, ...]
+
+
 class WorkQueue(Protocol):
     """Where the node's stages send work and collect what finished.
 
@@ -212,6 +230,10 @@ class WorkQueue(Protocol):
 
     def warnings(self) -> list[str]:
         """What /healthz should say about the queue (a broker that cannot be reached)."""
+        ...
+
+    def describe(self) -> QueueView:
+        """The backend and, per kind of work, what runs, waits and takes it."""
         ...
 
     def close(self) -> None: ...

@@ -23,6 +23,8 @@ from .base import (
     InferenceResult,
     InferenceTask,
     Outcome,
+    QueueLine,
+    QueueView,
     Result,
     Task,
     TaskKind,
@@ -159,6 +161,12 @@ class LocalQueue:
 
     def warnings(self) -> list[str]:
         return []
+
+    def describe(self) -> QueueView:
+        with self._lock:
+            lines = tuple(QueueLine(kind, len(self._running[kind]), None, self._pools[kind].size)
+                          for kind in TaskKind)
+        return QueueView("local process pools", lines)
 
     def close(self) -> None:
         for pool in self._pools.values():
