@@ -8,6 +8,9 @@
    fsynced, indexed; a pass-through site, so no transcoding competes) and, in the same run, to
    DCMTK `storescp` writing to disk (without fsync); same max PDU (65536). Ratio = storescp time /
    node time.
+   STOW-RS: the same images in one STOW-RS request (multipart/related, the site's token; httpx
+   streaming the body from a file prepared beforehand, so the client holds none of it) to the
+   same node, interleaved with its C-STORE runs. Ratio = C-STORE time / STOW-RS time (goal >= 0.8).
 2. End to end: the same images sent to the node at CR 20, all transcoded and forwarded to an
    Orthanc started here: images per second; and the share of a worker's time spent inside the
    codec (encode, and decode for PSNR), from cProfile of the worker's job on the same images.
@@ -20,6 +23,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import secrets
 import shutil
 import signal
 import statistics
@@ -29,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -38,20 +43,60 @@ from dicomcr.phantom import CohortSpec, write_cohort
 from dicomcr.transcode import transcode_file
 
 PDU = 65536
+BOUNDARY = "dicomcr-bench-boundary"
+CHUNK = 2**20  # what the STOW-RS client sends at a time
 
 
-def _node(folder: Path, site_cr: object, destination: dict) -> tuple[subprocess.Popen, int]:
+def _node(folder: Path, site_cr: object, destination: dict,
+          http_port: int = 0, token: str | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
     config = folder / "node.yaml"
     folder.mkdir(parents=True)
+    site = {"name": "bench", "calling_ae": ["BENCH"], "cr": site_cr}
+    if token is not None:
+        (folder / "token").write_text(token)
+        site["dicomweb_token_file"] = str(folder / "token")
     config.write_text(yaml.safe_dump({
-        "node": {"port": port, "storage": str(folder / "data"), "http_port": 0, "max_pdu": PDU},
-        "sites": [{"name": "bench", "calling_ae": ["BENCH"], "cr": site_cr}],
-        "destinations": {"out": destination}, "forward": {"to": "out"}}))
+        "node": {"port": port, "storage": str(folder / "data"), "http_port": http_port,
+                 "max_pdu": PDU},
+        "sites": [site], "destinations": {"out": destination}, "forward": {"to": "out"}}))
     process = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--config",
                                 str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port, process, timeout=30)
+    if http_port:
+        wait_for_port(http_port, process, timeout=30)
     return process, port
+
+
+def _stow_body(files: list[Path], out: Path) -> Path:
+    """The multipart/related body of one STOW-RS request carrying `files`, written to `out`."""
+    with open(out, "wb") as body:
+        for path in files:
+            body.write(f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode())
+            body.write(path.read_bytes())
+            body.write(b"\r\n")
+        body.write(f"--{BOUNDARY}--\r\n".encode())
+    return out
+
+
+def _stow(http_port: int, token: str, body: Path, count: int) -> float:
+    """Seconds to send `body` to the node's STOW-RS and have every instance answered stored."""
+    def chunks():
+        with open(body, "rb") as source:
+            while chunk := source.read(CHUNK):
+                yield chunk
+
+    start = time.perf_counter()
+    answer = httpx.post(f"http://127.0.0.1:{http_port}/dicomweb/studies", content=chunks(),
+                        headers={"Content-Type": f'multipart/related; type="application/dicom"; '
+                                                 f"boundary={BOUNDARY}",
+                                 "Content-Length": str(body.stat().st_size),
+                                 "Authorization": f"Bearer {token}"}, timeout=600)
+    elapsed = time.perf_counter() - start
+    stored = answer.json().get("00081199", {}).get("Value", []) if answer.is_success else []
+    if answer.status_code != 200 or len(stored) != count:
+        raise SystemExit(f"STOW-RS answered {answer.status_code}: {answer.text[:300]}")
+    return elapsed
 
 
 def _storescu(port: int, aec: str, files: list[Path]) -> float:
@@ -99,8 +144,11 @@ def main() -> None:
         size = sum(p.stat().st_size for p in files) / 2**20
         print(f"{len(files)} full-size Hologic images, {size:.0f} MiB")
 
-        peer_times, node_times = [], []
-        node, node_port = _node(tmp / "recv", "none", {"folder": str(tmp / "recv" / "archive")})
+        peer_times, node_times, stow_times = [], [], []
+        token, http_port = secrets.token_hex(32), free_port()
+        body = _stow_body(files, tmp / "stow-body")
+        node, node_port = _node(tmp / "recv", "none", {"folder": str(tmp / "recv" / "archive")},
+                                http_port, token)
         idle = _idle_cpu(node)
         print(f"0. idle node: {100 * idle:.2f} % of a core over 10 s (target < 1 %)")
         for attempt in range(args.repeats):  # interleaved, the median of each
@@ -115,11 +163,16 @@ def main() -> None:
             scp.wait()
             shutil.rmtree(folder)
             node_times.append(_storescu(node_port, "DICOMCR", files))
+            stow_times.append(_stow(http_port, token, body, len(files)))
         _stop(node)
         ours, peer = statistics.median(node_times), statistics.median(peer_times)
         print(f"1. receive (median of {args.repeats}): node {ours:.2f} s ({size / ours:.0f} MiB/s, "
               f"durable), storescp {peer:.2f} s ({size / peer:.0f} MiB/s), ratio "
               f"{peer / ours:.2f} (target >= 1.0)")
+        stow = statistics.median(stow_times)
+        print(f"   STOW-RS (median of {args.repeats}): node {stow:.2f} s ({size / stow:.0f} MiB/s, "
+              f"durable, one request of {len(files)} parts), ratio to its C-STORE "
+              f"{ours / stow:.2f} (goal >= 0.8)")
 
         pacs = Orthanc(tmp / "orthanc")
         node, port = _node(tmp / "e2e", 20, {"host": "127.0.0.1", "port": pacs.dicom_port,

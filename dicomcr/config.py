@@ -7,7 +7,9 @@ into a local folder.
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import os
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -29,6 +31,8 @@ from pydantic_core import PydanticCustomError
 
 AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 1-16 printable ASCII, no backslash
 ANY_AE = "*"
+# The name of an environment variable that holds a secret (node.http_token_env and the like).
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class Compression(StrEnum):
@@ -136,6 +140,17 @@ def _ae(value: str) -> str:
     return value.strip()
 
 
+def is_loopback(host: str) -> bool:
+    """Whether listening on `host` reaches this machine only: localhost, 127.0.0.0/8 or ::1
+    (a wildcard such as 0.0.0.0, and any other name, reaches beyond)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class TLS(Strict):
     cert: Path
     key: Path
@@ -151,6 +166,16 @@ class NodeSection(Strict):
     accept_unknown_ae: bool = False
     workers: int | Literal["auto"] = "auto"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8080  # 0: no HTTP endpoint
+    # Where the HTTP face (/healthz, /metrics, the operator page, STOW-RS) listens: loopback
+    # unless said; beyond it, everything but /healthz and /metrics needs the bearer token.
+    http_host: str = "127.0.0.1"
+    # That token, from a file (mode 0600, or a systemd/compose secret) or an environment
+    # variable, never inline: a node.yaml is copied, committed and pasted into tickets.
+    http_token_file: Path | None = None
+    http_token_env: EnvName | None = None
+    # HTTPS with the node's certificate (node.tls); with its ca, a client certificate is checked
+    # when one is presented (and names a site: sites[].dicomweb_client_cn).
+    http_tls: bool = False
     max_associations: Annotated[int, Field(ge=1, le=1000)] = 10
     max_instance_mb: Annotated[float, Field(gt=0, le=4096)] = 512.0
     max_pdu: Annotated[int, Field(ge=0, le=2**32 - 1)] = 65536  # 0: unlimited
@@ -197,12 +222,35 @@ class NodeSection(Strict):
                              "amqp://user:password@host:port/vhost")
         return value
 
+    @model_validator(mode="after")
+    def _http(self) -> NodeSection:
+        """The HTTP face's token and TLS: one source of the token, a token beyond loopback, and
+        the node's certificate for HTTPS."""
+        if self.http_token_file is not None and self.http_token_env is not None:
+            raise ReferenceProblem("node.http_token_env", "give the token by file "
+                                   "(node.http_token_file) or by environment variable, not both")
+        if self.http_port and not is_loopback(self.http_host) and \
+                self.http_token_file is None and self.http_token_env is None:
+            raise ReferenceProblem("node.http_host", f"{self.http_host} is beyond loopback: set "
+                                   "node.http_token_file or node.http_token_env (everything but "
+                                   "/healthz and /metrics needs the token there)")
+        if self.http_tls and self.tls is None:
+            raise ReferenceProblem("node.http_tls", "HTTPS uses the node's certificate: set "
+                                   "node.tls (cert, key)")
+        return self
+
 
 class Site(Strict):
     name: Annotated[str, Field(min_length=1, max_length=64)]
     calling_ae: Annotated[list[str], Field(min_length=1)]
     cr: float | Literal["lossless", "none"]
     model: Path | None = None
+    # STOW-RS in: the bearer token this site's senders present (a file or an environment
+    # variable, never inline), or the Common Name of their client certificate (node.http_tls with
+    # node.tls.ca); either picks this site's policy for what they send.
+    dicomweb_token_file: Path | None = None
+    dicomweb_token_env: EnvName | None = None
+    dicomweb_client_cn: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
     @field_validator("calling_ae")
     @classmethod
@@ -314,6 +362,24 @@ class Config(Strict):
                     raise ReferenceProblem(f"sites.{index}.calling_ae", f"{title!r} is already a "
                                            f"calling AE of site {seen[title]!r}")
                 seen[title] = site.name
+        named: dict[str, str] = {}
+        for index, site in enumerate(self.sites):
+            if site.dicomweb_token_file is not None and site.dicomweb_token_env is not None:
+                raise ReferenceProblem(f"sites.{index}.dicomweb_token_env", "give the token by "
+                                       "file (dicomweb_token_file) or by environment variable, "
+                                       "not both")
+            common_name = site.dicomweb_client_cn
+            if common_name is None:
+                continue
+            tls = self.node.tls
+            if not self.node.http_tls or tls is None or tls.ca is None:
+                raise ReferenceProblem(f"sites.{index}.dicomweb_client_cn", "a client certificate "
+                                       "is checked only with node.http_tls and node.tls.ca (the CA "
+                                       "that signs the senders' certificates)")
+            if common_name in named:
+                raise ReferenceProblem(f"sites.{index}.dicomweb_client_cn", f"{common_name!r} "
+                                       f"already names site {named[common_name]!r}")
+            named[common_name] = site.name
         return self
 
     def site_for(self, calling_ae: str) -> Site | None:
@@ -333,6 +399,28 @@ class Config(Strict):
     @property
     def accepts_any_ae(self) -> bool:
         return self.node.accept_unknown_ae or any(ANY_AE in s.calling_ae for s in self.sites)
+
+
+def read_secret(file: Path | None, env: str | None, key: str) -> str | None:
+    """The secret (a token) that a config names by file (`<key>_file`) or by environment variable
+    (`<key>_env`), stripped; None when it names neither. Read when it is needed, not at load: a
+    worker on another machine loads the same node.yaml without it. ValueError, one line naming
+    the key, when the file cannot be read or the secret is empty."""
+    if file is not None:
+        try:
+            value = Path(file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{key}_file: cannot read {file}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from exc
+        where = f"{key}_file: {file}"
+    elif env is not None:
+        value = os.environ.get(env, "").strip()
+        where = f"{key}_env: the environment variable {env}"
+    else:
+        return None
+    if not value:
+        raise ValueError(f"{where} is empty or unset")
+    return value
 
 
 def load_config(path: Path | None) -> Config:

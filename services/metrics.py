@@ -1,5 +1,5 @@
 """The node's metrics: counters, per-stage durations and gauges, in Prometheus text format 0.0.4
-(served at /metrics by services/http.py)."""
+(served at /metrics by services/web/app.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The node: four stages over one job store, each in a thread of its own.
 
     receive    (stages/receive.py)    C-STORE in; acknowledged once durable in the spool
+    web        (web/)                 /healthz, /metrics, STOW-RS in (Starlette on uvicorn)
     transcode  (stages/transcode.py)  each instance at its site's policy, through the work queue
     infer      (stages/infer.py)      each complete study classified, through the work queue
     forward    (stages/forward.py)    images and derived objects to their destinations
@@ -27,17 +28,20 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import ssl
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from starlette.routing import BaseRoute
+
 from dicomcr.config import Config
 from dicomcr.jobs import DiskReserve, DiskSpace, JobStore, Storage, StoreError, queue_depth
 
-from .http import serve_http
 from .metrics import Gauge, Metrics
 from .stages.context import DISK_FULL_SHOWN_SECONDS, Loop, NodeContext
 from .stages.forward import ForwardStage
@@ -45,6 +49,7 @@ from .stages.infer import InferenceStage, check_models
 from .stages.receive import ReceiveStage
 from .stages.retention import RetentionStage
 from .stages.transcode import TranscodeStage
+from .web import Credentials, TokenError, WebContext, WebServer, create_app, https_context
 from .workqueue import TaskKind, open_queue
 
 log = logging.getLogger("dicomcr.node")
@@ -55,7 +60,8 @@ DEATH_METRICS = {TaskKind.TRANSCODE: "transcode_worker_deaths",
 
 
 class NodeError(RuntimeError):
-    """The node cannot start (a port in use); the message says what to change."""
+    """The node cannot start (a port in use, an unreadable token); the message says what to
+    change."""
 
 
 class NodeStatus(StrEnum):
@@ -90,9 +96,11 @@ class Stage(Protocol):
 
 
 class Node:
-    """One running node; `start` returns at once, `stop` drains and returns."""
+    """One running node; `start` returns at once, `stop` drains and returns. `web_routes`: routes
+    the HTTP face serves besides its own (the operator page), taking precedence."""
 
-    def __init__(self, config: Config, poll_seconds: float = 0.2) -> None:
+    def __init__(self, config: Config, poll_seconds: float = 0.2,
+                 web_routes: Sequence[BaseRoute] = ()) -> None:
         self.config = config
         self.storage = Storage(Path(config.node.storage))
         self.storage.root.mkdir(parents=True, exist_ok=True)
@@ -112,7 +120,8 @@ class Node:
         self.receive: ReceiveStage | None = None
         self._wake = threading.Event()  # serve_forever: a signal, or a loop that failed
         self._stopping = threading.Event()
-        self._http = None
+        self.web_routes = tuple(web_routes)
+        self._http: WebServer | None = None
         self._stages: dict[Loop, Stage] = {}
         self._threads: dict[Loop, threading.Thread] = {}
         self._failures: dict[Loop, LoopFailure] = {}
@@ -125,7 +134,8 @@ class Node:
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
-        """Listen (HTTP, then DICOM) and start the loops; NodeError when a port is taken."""
+        """Listen (HTTP, then DICOM) and start the loops; NodeError when a port is taken or the
+        HTTP face's token or certificate cannot be read."""
         requeued, studies = self.store.requeue_in_flight()
         if requeued or studies:
             log.warning("%d instances and %d studies were handed out when the node last "
@@ -141,18 +151,16 @@ class Node:
         node = self.config.node
         if node.http_port:
             try:
-                self._http = serve_http(node.host, node.http_port, self.metrics,
-                                        self.store.counts, self.health, self._gauges)
-            except OSError as exc:
+                self._http = self._serve_http(ctx)
+            except NodeError:
                 queue.close()
-                raise NodeError(f"cannot listen for HTTP on {node.host}:{node.http_port} "
-                                f"(node.http_port): {exc.strerror or exc}") from exc
+                raise
         self.receive = ReceiveStage(ctx, self.disk, self._skipped)
         try:
             self.receive.start()
         except OSError as exc:
             if self._http is not None:
-                self._http.shutdown()
+                self._http.stop()
             queue.close()
             raise NodeError(f"cannot listen for DICOM on {node.host}:{node.port} (node.port): "
                             f"{exc.strerror or exc}") from exc
@@ -170,6 +178,33 @@ class Node:
         self._running = True
         log.info("listening on %s:%d as %s (work queue: %s)", node.host, node.port,
                  node.ae_title, type(queue).__name__)
+
+    def _serve_http(self, ctx: NodeContext) -> WebServer:
+        """The HTTP face on node.http_host:http_port, serving; NodeError naming the key when a
+        token cannot be read, the certificate cannot be loaded or the port is taken."""
+        node = self.config.node
+        try:
+            credentials = Credentials.load(self.config)
+        except TokenError as exc:
+            raise NodeError(str(exc)) from exc
+        tls = None
+        if node.http_tls and node.tls is not None:
+            try:
+                tls = https_context(node.tls)
+            except (OSError, ssl.SSLError) as exc:
+                raise NodeError(f"cannot load the node's certificate for HTTPS (node.tls): "
+                                f"{exc}") from exc
+        web = WebContext(ctx, self.disk, credentials, self.health, self._gauges, self._skipped)
+        server = WebServer(create_app(web, self.web_routes), node.http_host, node.http_port, tls,
+                           grace=node.network_timeout)
+        try:
+            server.start()
+        except OSError as exc:
+            raise NodeError(f"cannot listen for HTTP on {node.http_host}:{node.http_port} "
+                            f"(node.http_port): {exc.strerror or exc}") from exc
+        log.info("HTTP on %s://%s:%d (%s)", server.scheme, node.http_host, server.port,
+                 "token required" if credentials.token_required else "no token configured")
+        return server
 
     def _skipped(self, site: str) -> str | None:
         """Why a site's studies have no inference to wait for (no usable model), or None."""
@@ -214,8 +249,8 @@ class Node:
             thread.join()
         if self.ctx is not None:
             self.ctx.queue.close()
-        if self._http is not None:
-            self._http.shutdown()
+        if self._http is not None:  # the last: /healthz answers while the rest drains, and
+            self._http.stop()  # STOW-RS requests in flight finish before the job store closes
         self.store.close()
 
     def serve_forever(self) -> int:

@@ -55,6 +55,10 @@ class Verdict:
     receipt: Receipt
     reason: str = ""
 
+    @property
+    def stored(self) -> bool:
+        return self.receipt is Receipt.STORED
+
 
 STORED = Verdict(SUCCESS, Receipt.STORED)
 
@@ -75,12 +79,16 @@ def _refuse(storage: Storage, received: Path, status: int, reason: str, hint: st
     return Verdict(status, Receipt.REFUSED, reason)
 
 
-def _pixel_bytes(ds: pydicom.Dataset) -> int:
+def _pixel_bytes(ds: pydicom.Dataset, size: int) -> int:
     """Length of the Pixel Data value without reading it (it may be hundreds of MB): the
-    element's length as parsed, its value left deferred on disk."""
+    element's length as parsed, its value left deferred on disk, but no more than the file holds
+    after the value's start (a dataset cut inside its pixels declares the full length)."""
     element = ds.get_item("PixelData", keep_deferred=True)
     length = getattr(element, "length", None)
-    return int(length) if length is not None else len(ds.PixelData)
+    if length is None:
+        return len(ds.PixelData)
+    start = getattr(element, "value_tell", None)
+    return int(length) if start is None else max(0, min(int(length), size - int(start)))
 
 
 def image_pixel_problem(ds: pydicom.Dataset) -> str | None:
@@ -155,7 +163,7 @@ def accept(received: Path, *, sop_class_uid: str, sop_instance_uid: str, calling
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax is not None and not syntax.is_encapsulated:
         expected = get_expected_length(ds, "bytes")
-        present = _pixel_bytes(ds)
+        present = _pixel_bytes(ds, size)
         if present != expected + expected % 2:  # an odd length is padded to even
             return _refuse(storage, received, CANNOT_UNDERSTAND,
                            f"Pixel Data holds {present} bytes, {expected + expected % 2} expected "

@@ -152,3 +152,15 @@ def test_below_the_disk_reserve_an_instance_is_answered_out_of_resources(small_c
     assert store.to_transcode(10) == []
     roomy = DiskReserve(spool.root, reserve_bytes=1)
     assert _accept(_encoded(ds), ds, spool, store, disk=roomy) == SUCCESS
+
+
+def test_a_file_cut_inside_its_pixel_data_is_refused(small_cohort: Path, setup) -> None:
+    """A dataset whose bytes end inside native Pixel Data still declares the full length: the
+    length the file can hold is what counts (it used to be stored and fail at transcode)."""
+    spool, store = setup
+    ds = _one(small_cohort)
+    data = _encoded(ds)
+    assert _accept(data[: len(data) // 2], ds, spool, store) == CANNOT_UNDERSTAND
+    (reason,) = spool.quarantine.glob("*.reason.txt")
+    assert "Pixel Data holds" in reason.read_text()
+    assert store.to_transcode(10) == []

@@ -51,7 +51,7 @@ from dicomcr.config import UNKNOWN_AE_POLICY
 from dicomcr.jobs import DiskReserve
 from dicomcr.outputs import is_disk_full
 
-from ..receiver import SUCCESS, Receipt, Verdict, accept, no_space
+from ..receiver import Receipt, Verdict, accept, no_space
 from .context import Loop, NodeContext
 
 log = logging.getLogger("dicomcr.node")
@@ -71,6 +71,19 @@ TRANSFER_SYNTAXES = (
     JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
     JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K,
 )
+
+
+def record_receipt(ctx: NodeContext, verdict: Verdict, seconds: float, what: str) -> None:
+    """After a verdict on an incoming instance (C-STORE or STOW-RS): the metrics, the transcode
+    loop woken for a stored one, the log line for a refused one (`what` names it)."""
+    ctx.metrics.observe("receive", seconds)
+    ctx.metrics.count("received" if verdict.stored else "rejected")
+    if verdict.stored:
+        ctx.wake(Loop.TRANSCODE)
+        return
+    if verdict.receipt is Receipt.NO_SPACE:
+        ctx.metrics.count("out_of_space")
+    log.warning("%s answered 0x%04X: %s", what, verdict.status, verdict.reason)
 
 
 class HandshakeInAssociation:
@@ -241,15 +254,8 @@ class ReceiveStage:
                 calling_ae=calling, site=site_name, policy=policy, storage=self.ctx.storage,
                 store=self.ctx.store, max_bytes=int(self.ctx.config.node.max_instance_mb * 2**20),
                 disk=self.disk, skipped=self.skipped(site_name))
-        self.ctx.metrics.observe("receive", time.perf_counter() - start)
-        self.ctx.metrics.count("received" if verdict.status == SUCCESS else "rejected")
-        if verdict.receipt is Receipt.STORED:
-            self.ctx.wake(Loop.TRANSCODE)
-        elif verdict.receipt is Receipt.NO_SPACE:
-            self.ctx.metrics.count("out_of_space")
-        if verdict.status != SUCCESS:
-            log.warning("instance %s from %s answered 0x%04X: %s", uid, calling, verdict.status,
-                        verdict.reason)
+        record_receipt(self.ctx, verdict, time.perf_counter() - start,
+                       f"instance {uid} from {calling}")
         return verdict.status
 
     def _receive_into_files(self) -> None:

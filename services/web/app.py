@@ -1,0 +1,68 @@
+"""The node's HTTP face as one Starlette app: /healthz and /metrics (their contracts unchanged
+since http.server served them), STOW-RS in, and whatever routes the caller adds (the operator
+page): `create_app(web, routes=[...])`, the added routes first, so that one of them may take `/`.
+Each route finds the node in `request.app.state.web` (a WebContext) and who asks in
+`request.state.principal` (services/web/auth.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from .auth import STOW_PATH, Authentication
+from .context import WebContext
+from .stow import StowReceiver, store_instances
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def healthz(request: Request) -> Response:
+    """The node's health as JSON: 200 when its status is "ok", 503 otherwise (or when it cannot
+    even say how it is)."""
+    web: WebContext = request.app.state.web
+    try:
+        report = web.health()
+    except Exception as exc:  # the node cannot even say how it is: that is unhealthy
+        return PlainTextResponse(f"{type(exc).__name__}: {exc}\n", 503)
+    return Response(json.dumps(report), 200 if report["status"] == "ok" else 503,
+                    media_type="application/json")
+
+
+def metrics(request: Request) -> Response:
+    """Counters, stage durations, the job store's gauges and the node's own (Prometheus text
+    format 0.0.4)."""
+    web: WebContext = request.app.state.web
+    try:
+        text = web.ctx.metrics.prometheus(web.ctx.store.counts(), web.gauges())
+    except Exception as exc:
+        return PlainTextResponse(f"{type(exc).__name__}: {exc}\n", 503)
+    return Response(text, media_type=PROMETHEUS_TEXT)
+
+
+def index(request: Request) -> Response:
+    """A line until the operator page takes `/`."""
+    web: WebContext = request.app.state.web
+    return PlainTextResponse(f"dicomcr node {web.ctx.config.node.ae_title}: /healthz, /metrics, "
+                             f"STOW-RS at {STOW_PATH}\n")
+
+
+def create_app(web: WebContext, routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The app of one node: `routes` first, then the node's own; every path but /healthz and
+    /metrics behind the authentication."""
+    app = Starlette(
+        routes=[*routes,
+                Route("/healthz", healthz, methods=["GET"]),
+                Route("/metrics", metrics, methods=["GET"]),
+                Route(STOW_PATH, store_instances, methods=["POST"]),
+                Route(STOW_PATH + "/{study:path}", store_instances, methods=["POST"]),
+                Route("/", index, methods=["GET"])],
+        middleware=[Middleware(Authentication, credentials=web.credentials)])
+    app.state.web = web
+    app.state.stow = StowReceiver(web)
+    return app
