@@ -1,10 +1,10 @@
-"""`python -m dicomcr` runs the installed `dicomcr` command: every command, the node's included.
-
-The whole command line is assembled by the console script's target (services/cli.py); looking it
-up by its entry point keeps the library free of imports of the services.
+"""`python -m dicomcr`: the library's commands (phantom, transcode, echo, send, train, cv,
+evaluate, model-info, report, saliency, audit), e.g. `torchrun ... -m dicomcr train` on each
+machine. The node's commands (serve, worker, status, retry, conformance, demo) are the services':
+the `dicomcr` console script and `python -m services` run every command. The library never
+imports the services, so this app is the library's own (dicomcr.cli.app).
 """
 
-from importlib.metadata import entry_points
+from .cli import app
 
-(script,) = entry_points(group="console_scripts", name="dicomcr")
-script.load()(prog_name="dicomcr")
+app(prog_name="dicomcr")

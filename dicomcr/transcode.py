@@ -2,7 +2,8 @@
 
 `transcode_file` is the unit of work of both `dicomcr transcode` and the node's worker: a pure
 function of its arguments (no state between calls), safe to run in any process, idempotent (the
-same input writes the same output objects under the same names).
+same input writes the same output objects under the same names). `transcode_tree` is `dicomcr
+transcode`: every DICOM file of a file or folder through a pool of processes, and the manifest.
 """
 
 from __future__ import annotations
@@ -10,13 +11,17 @@ from __future__ import annotations
 import csv
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .codec.j2k import (
     PAPER_LADDER,
     Encoded,
+    check_ratio,
     encode_ladder,
     encode_lossless,
     target_problems,
@@ -24,8 +29,20 @@ from .codec.j2k import (
 )
 from .dicom.derive import cr_label, derive
 from .dicom.source import InputError, has_dicm_preamble, read_source
+from .outputs import output_folder
 
-LADDERS = {"paper": PAPER_LADDER}
+if TYPE_CHECKING:
+    from rich.table import Table
+
+
+class Ladder(StrEnum):
+    """A named list of target CRs."""
+
+    PAPER = "paper"  # the paper's ten lossy CRs, 15 ... 11000
+
+    @property
+    def crs(self) -> tuple[float, ...]:
+        return tuple(float(cr) for cr in {Ladder.PAPER: PAPER_LADDER}[self])
 
 
 @dataclass(frozen=True)
@@ -166,3 +183,72 @@ def write_manifest(rows: Sequence[Transcoded], path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
         writer.writeheader()
         writer.writerows(asdict(row.to_manifest()) for row in rows)
+
+
+@dataclass(frozen=True)
+class TreeTranscoded:
+    """What `transcode_tree` did: every row of every input file, and where the manifest is."""
+
+    out: Path
+    files: int  # input files
+    rows: list[Transcoded]
+    manifest: Path
+
+    @property
+    def failed(self) -> list[Transcoded]:
+        return [row for row in self.rows if not row.ok]
+
+    def failures(self) -> str:
+        """How many outputs failed, in how many files."""
+        files = len({row.source for row in self.failed})
+        return f"{len(self.failed)} of {len(self.rows)} output(s) failed, in {files} of {self.files} file(s)"
+
+
+def transcode_tree(source: Path, out: Path, targets: Sequence[float], lossless: bool = False, *,
+                   psnr: bool = False, workers: int = 1,
+                   progress: Callable[[int, int], None] | None = None) -> TreeTranscoded:
+    """Transcode a DICOM file, or every DICOM file under a folder, into OUT/<cr label>/... (see
+    `transcode_file`) with `workers` processes, and write OUT/manifest.csv; `progress(done,
+    total)` after each file. A file or target that fails is a failed row, never an exception.
+
+    ValueError, before any work, for a bad target, nothing to do, no DICOM file under `source`
+    (or no `source`) and an `out` that cannot be written."""
+    if not targets and not lossless:
+        raise ValueError("nothing to do: give --cr, --ladder or --lossless")
+    targets = [check_ratio(t) for t in targets]
+    try:
+        inputs = list(find_inputs(source))
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from exc
+    if not inputs:
+        raise ValueError(f"no DICOM files under {source}")
+    output_folder(out)
+    rows: list[Transcoded] = []
+    with ProcessPoolExecutor(max(1, min(workers, len(inputs)))) as pool:
+        jobs = [pool.submit(transcode_file, path, out, relative, targets, lossless, psnr=psnr)
+                for path, relative in inputs]
+        for done, job in enumerate(jobs, start=1):
+            rows += job.result()
+            if progress:
+                progress(done, len(jobs))
+    write_manifest(rows, out / "manifest.csv")
+    return TreeTranscoded(out, len(inputs), rows, out / "manifest.csv")
+
+
+def transcode_table(run: TreeTranscoded, psnr: bool, limit: int = 200) -> Table:
+    """The rows of `run` (the first `limit`) as a rich table for a terminal: file, target and
+    achieved CR, PSNR when measured, status with the reason of a failure."""
+    from rich.table import Table
+
+    table = Table(title=f"Transcoded {run.files} file(s) into {run.out}")
+    columns = ("file", "target CR", "achieved CR", *(("PSNR dB",) if psnr else ()), "status")
+    for name in columns:
+        table.add_column(name, overflow="fold")
+    for row in run.rows[:limit]:
+        line = row.to_manifest()
+        table.add_row(line.source, line.target, line.achieved_cr, *((line.psnr_db,) if psnr else ()),
+                      "ok" if row.ok else f"[red]failed: {row.error}[/]")
+    if len(run.rows) > limit:
+        table.add_row("…", f"{len(run.rows) - limit} more rows in manifest.csv",
+                      *[""] * (len(columns) - 2))
+    return table

@@ -20,7 +20,8 @@ from sklearn.metrics import roc_auc_score
 from dicomcr.data.cache import breast_inputs
 from dicomcr.data.dataset import read_phantom_labels
 from dicomcr.data.preprocess import Preprocessing
-from dicomcr.experiments.cv import cv_folds, plan_models, run_fold
+from dicomcr.experiments.cells import run_fold
+from dicomcr.experiments.cv import cv_folds, plan_models
 from dicomcr.experiments.metrics import auroc_delong
 from dicomcr.experiments.train import TrainOptions
 from dicomcr.models import CNN3, CNN3Spec

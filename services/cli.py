@@ -1,12 +1,13 @@
-"""The one `dicomcr` command line: the library's commands plus the node's (serve, status, ...).
-
-It is assembled here and only here: `app` starts from a copy of the library's commands
-(dicomcr.cli.app, left as it is) and adds the node's. The console script `dicomcr` and
-`python -m dicomcr` both run this app, and the library (dicomcr/) never imports the services.
-"""
+"""The one `dicomcr` command line: the library's commands (dicomcr.cli) and the node's (serve, worker,
+status, retry, conformance, demo), composed with Typer's `add_typer` (`make_app`). The console script and
+`python -m services` run it; `python -m dicomcr` the library's alone (the library never imports services)."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -14,16 +15,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dicomcr import cli as library
-from dicomcr.cli import check_writable, console, fail
+from dicomcr.cli import HELP, check_writable, commands, console, fail, make_app, refused
 
 from .node import Node, NodeError
 
-__all__ = ["app"]
-
-app = typer.Typer(help=library.app.info.help, no_args_is_help=True, add_completion=False)
-app.registered_callback = library.app.registered_callback
-app.registered_commands = list(library.app.registered_commands)  # a copy: theirs stays theirs
+node_app = typer.Typer()  # the node's commands, beside the library's in `app`
+app = make_app(HELP, commands, node_app)
 
 
 def _config(path: Path | None):
@@ -35,10 +32,9 @@ def _config(path: Path | None):
         fail(f"bad configuration:\n{exc}")
 
 
-@app.command()
+@node_app.command()
 def serve(
-    config: Annotated[Path | None, typer.Option(help="node.yaml; default: the built-in config.")
-                      ] = None,
+    config: Annotated[Path | None, typer.Option(help="node.yaml; default: the built-in config.")] = None,
 ) -> None:
     """Run the DICOM node: receive, transcode at each site's CR, forward. SIGTERM drains and exits."""
     import logging
@@ -46,25 +42,22 @@ def serve(
     settings = _config(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     node = Node(settings)
-    console.print(f"dicomcr node {settings.node.ae_title} on {settings.node.host}:"
-                  f"{settings.node.port}, storage {settings.node.storage}, forwarding to "
-                  f"{settings.forward.to}")
-    try:
+    console.print(f"dicomcr node {settings.node.ae_title} on {settings.node.host}:{settings.node.port}, "
+                  f"storage {settings.node.storage}, forwarding to {settings.forward.to}")
+    with refused(NodeError):
         code = node.serve_forever()
-    except NodeError as exc:
-        fail(str(exc))
     if code:
         raise typer.Exit(code)
 
 
-@app.command()
+@node_app.command()
 def worker(
-    config: Annotated[Path | None, typer.Option(help="The node's node.yaml (node.queue names "
-                                                     "the broker).")] = None,
-    queues: Annotated[str, typer.Option(help="What to take: transcode, infer, or "
-                                             "transcode,infer.")] = "transcode,infer",
-    concurrency: Annotated[int | None, typer.Option(min=1, help="Processes; default: one per "
-                                                              "core, one for infer only.")] = None,
+    config: Annotated[Path | None, typer.Option(help="The node's node.yaml (node.queue names the broker).")
+                      ] = None,
+    queues: Annotated[str, typer.Option(help="What to take: transcode, infer, or transcode,infer.")
+                      ] = "transcode,infer",
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Processes; default: one per core, one "
+                                                              "for infer only.")] = None,
 ) -> None:
     """Run a worker that takes the node's tasks from RabbitMQ (node.queue: amqp://...).
 
@@ -79,13 +72,11 @@ def worker(
         fail(f"--queues {queues!r}: name transcode, infer, or both separated by a comma")
     if not kinds:
         fail("--queues names no queue: transcode, infer, or both")
-    try:
+    with refused(WorkerError):
         run_worker(settings, kinds, concurrency)
-    except WorkerError as exc:
-        fail(str(exc))
 
 
-@app.command()
+@node_app.command()
 def status(
     config: Annotated[Path | None, typer.Option(help="node.yaml; default: the built-in config.")
                       ] = None,
@@ -147,7 +138,7 @@ def _print_failed(report, out: Console) -> None:
         out.print(f"  why:   {refusal.reason}", highlight=False)
 
 
-@app.command()
+@node_app.command()
 def retry(
     uids: Annotated[list[str] | None, typer.Argument(help="SOP Instance UIDs (or Study Instance "
                                                           "UIDs of failed inferences).")] = None,
@@ -191,7 +182,7 @@ def retry(
         fail("not failed (see dicomcr status --failed): " + ", ".join(report.unknown))
 
 
-@app.command()
+@node_app.command()
 def conformance(
     out: Annotated[Path | None, typer.Option(help="Write here instead of printing.")] = None,
 ) -> None:
@@ -207,45 +198,26 @@ def conformance(
         console.print(f"wrote {out}")
 
 
-@app.command()
+@node_app.command()
 def demo(
-    folder: Annotated[Path, typer.Argument(help="Working folder (reused: a model already there "
-                                                "is not trained again).")] = Path("dicomcr-demo"),
-    studies: Annotated[int, typer.Option(help="Full-size studies to send through the node.")] = 4,
-    train_studies: Annotated[int, typer.Option(help="Small phantom studies the quick model "
-                                                    "trains on.")] = 80,
+    folder: Annotated[Path, typer.Argument(help="Working folder (reused: a model already there is not "
+                                                "trained again).")] = Path("dicomcr-demo"),
+    studies: Annotated[int, typer.Option(help="Small phantom studies to send through the node.")] = 4,
+    train_studies: Annotated[int, typer.Option(help="Small phantom studies the quick model trains on.")
+                             ] = 80,
     epochs: Annotated[int, typer.Option(help="Epochs of the quick model.")] = 8,
-    test_studies: Annotated[int, typer.Option(help="Small held-out phantom studies the model is "
-                                                   "tested on at CR 1 and each site's CR, for "
-                                                   "the audit's model verdict.")] = 30,
+    test_studies: Annotated[int, typer.Option(help="Small held-out phantom studies the model is tested "
+                                                   "on at CR 1 and each site's CR, for the audit's model "
+                                                   "verdict.")] = 30,
 ) -> None:
     """The whole product on built-in defaults: phantom, model, Orthanc, the node, a summary."""
-    import contextlib
-    import sys
-    import time
-
     from .demo import run_demo
-
-    @contextlib.contextmanager
-    def step(label: str):
-        start = time.monotonic()
-        with console.status(f"[bold]{label}[/] ..."):
-            yield
-        console.print(f"[green]done[/] {label} ({time.monotonic() - start:.0f} s)")
-
-    def show(summary) -> None:
-        _demo_summary(summary)
-        if summary.destination.startswith("http") and sys.stdin.isatty():
-            console.print(f"Orthanc stays up at {summary.destination}: press Ctrl-C to stop it.")
-            with contextlib.suppress(KeyboardInterrupt):
-                while True:
-                    time.sleep(1)
 
     if studies < 1 or train_studies < 10 or epochs < 1 or test_studies < 12:
         fail("--studies >= 1, --train-studies >= 10, --epochs >= 1 and --test-studies >= 12 "
              "(two malignant breasts at least, for a confidence interval) are required")
     try:
-        run_demo(folder, step, studies, train_studies, epochs, show, test_studies=test_studies)
+        run_demo(folder, _step, studies, train_studies, epochs, _show, test_studies=test_studies)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: servers stopped[/]")
         raise typer.Exit(code=130) from None
@@ -253,52 +225,29 @@ def demo(
         fail(f"the demo stopped: {exc}")
 
 
-def _demo_summary(summary, out: Console | None = None) -> None:
-    """What the demo did, then the audit of its sites with the model verdict at each site's CR:
-    readable at 80 columns (a log, CI, a small window)."""
-    import json
+@contextlib.contextmanager
+def _step(label: str) -> Iterator[None]:
+    """One long step of the demo: a spinner, then "done" with the time it took."""
+    start = time.monotonic()
+    with console.status(f"[bold]{label}[/] ..."):
+        yield
+    console.print(f"[green]done[/] {label} ({time.monotonic() - start:.0f} s)")
 
-    from dicomcr.audit.report import terminal_table
 
-    from .demo import audit_rows
+def _show(summary) -> None:
+    """The demo's summary (see demo.summary_view); on a terminal Orthanc then stays up until Ctrl-C."""
+    from .demo import summary_view
 
-    out = out or Console()
     for note in summary.notes:
         console.print(f"[yellow]{note}[/]")
-
-    def inside(path) -> str:
-        """A path in the demo folder, relative to it (the folder is shown once)."""
-        path = Path(path)
-        return str(path.relative_to(summary.folder)) if path.is_relative_to(summary.folder) \
-            else str(path)
-
-    table = Table(title="dicomcr demo", show_header=False, box=None, padding=(0, 1, 0, 0))
-    table.add_column(style="bold", no_wrap=True)
-    table.add_column(overflow="fold")  # only a path longer than the line is folded
-    table.add_row("folder", str(summary.folder))
-    table.add_row("PACS", summary.destination)
-    table.add_row("arrived", ", ".join(f"{v} {k}" for k, v in sorted(summary.arrived.items())))
-    for number, (patient, values) in enumerate(sorted(summary.probabilities.items())):
-        table.add_row("P(malignant)" if number == 0 else "", f"{patient}: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in sorted(values.items())))
-    table.add_row("saliency PNGs", f"{len(summary.pngs)} in {inside(summary.folder / 'saliency')}")
-    table.add_row("node config", inside(summary.config))
-    if summary.results is not None:
-        meta = json.loads((summary.results / "results.json").read_text())["meta"]
-        table.add_row("model tested", f"{inside(summary.results)}: at CR "
-                      f"{', '.join(f'{c:g}' for c in meta['crs'])} on {meta['breasts']} "
-                      f"held-out breasts ({meta['malignant']} malignant)")
-    out.print(table)
-    out.print()
-    out.print(terminal_table(audit_rows(summary.config, summary.results),
-                             "Audit of the demo's sites"))
-    out.print()
-    again = f"dicomcr audit --config {summary.config}"
-    if summary.results is not None:
-        again += f" --results {summary.results}"
-    out.print(f"The same audit, with --json or --html: {again}", highlight=False)
+    Console().print(summary_view(summary))
     console.print("The probabilities come from a quick model on a phantom: they show the "
                   "plumbing, not a diagnosis. Not for diagnostic use.")
+    if summary.destination.startswith("http") and sys.stdin.isatty():
+        console.print(f"Orthanc stays up at {summary.destination}: press Ctrl-C to stop it.")
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(1)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ that `dicomcr audit --results` reads (AUROC with DeLong's CI, AUPRC with a boots
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from PIL import Image
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 
+from dicomcr.audit.sites import Audit, run_audit
 from dicomcr.config import Config
 from dicomcr.dicom.report import read_probabilities
 from dicomcr.net.scu import Peer, send
@@ -46,6 +51,13 @@ class DemoSummary:
     config: Path | None = None
     notes: list[str] = field(default_factory=list)
     results: Path | None = None  # the model tested at CR 1 and each site's CR (for the audit)
+    audit: Audit | None = None  # the demo's sites, with the model verdict at each site's CR
+
+    @property
+    def audit_command(self) -> str:
+        """The command line that audits the demo's node again."""
+        results = f" --results {self.results}" if self.results is not None else ""
+        return f"dicomcr audit --config {self.config}{results}"
 
 
 Step = Callable[[str], contextlib.AbstractContextManager]
@@ -82,7 +94,7 @@ def _test_model(folder: Path, model: Path, step: Step, studies: int) -> Path:
     the training cohort's), as the results folder the audit reads for its model verdicts."""
     from dicomcr.data.dataset import load_dataset
     from dicomcr.experiments.cv import model_name
-    from dicomcr.experiments.run import evaluate_held_out
+    from dicomcr.experiments.run import evaluate
     from dicomcr.models.modelfile import load_model
     from dicomcr.phantom import CohortSpec, write_cohort
 
@@ -98,8 +110,9 @@ def _test_model(folder: Path, model: Path, step: Step, studies: int) -> Path:
     name = model_name(tuple(load_model(model)[1].trained_crs))
     with step(f"test: {name} at CR {', '.join(f'{c:g}' for c in crs)} on {len(breasts)} "
               "held-out breasts"):
-        return evaluate_held_out(model, breasts, crs, folder / "results", cohort / ".dicomcr-cache",
-                             source=str(cohort), workers=2)
+        evaluate(model, breasts, crs, cohort / ".dicomcr-cache", out=folder / "results",
+                 source=str(cohort), workers=2)
+    return folder / "results"
 
 
 def _config(folder: Path, model: Path, destination: dict) -> Config:
@@ -169,6 +182,7 @@ def run_demo(folder: Path, step: Step, studies: int = 4, train_studies: int = 80
             with step("node: transcoding, classifying, forwarding"):
                 _wait(node, len(patients))
             summary.config = _save_config(config, folder)
+        summary.audit = run_audit(config=summary.config, results=results)
         summary.arrived = _arrived(orthanc, folder / "archive")
         summary.probabilities, summary.pngs = _results(folder / "node" / "derived", folder)
         if on_summary is not None:
@@ -230,17 +244,35 @@ def _results(derived: Path, folder: Path) -> tuple[dict[str, dict[str, float]], 
     return probabilities, pngs
 
 
-def audit_rows(config_path: Path, results: Path | None = None) -> list:
-    """The audit of the demo's node (its sites, job store and storage); with `results` (a
-    results folder), the model verdict at each site's CR."""
-    import json
+def summary_view(summary: DemoSummary) -> Group:
+    """What the demo did, then the audit of its sites with the model verdict at each site's CR,
+    readable at 80 columns (a log, CI, a small window): folders (inside the demo folder, relative
+    to it), what arrived at the PACS, the probabilities, the saliency PNGs, the model's test."""
+    from dicomcr.audit.report import terminal_table
 
-    from dicomcr.audit.audit import audit_sites, load_guidelines, node_sites
-    from dicomcr.config import load_config
+    def inside(path: Path | None) -> str:
+        path = Path(path or "")
+        return str(path.relative_to(summary.folder) if path.is_relative_to(summary.folder) else path)
 
-    files, configured, models, _ = node_sites(load_config(config_path))
-    document = json.loads((results / "results.json").read_text()) if results else None
-    return audit_sites(files, configured, load_guidelines(), {}, document, models)
+    table = Table(title="dicomcr demo", show_header=False, box=None, padding=(0, 1, 0, 0))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")  # only a path longer than the line is folded
+    table.add_row("folder", str(summary.folder))
+    table.add_row("PACS", summary.destination)
+    table.add_row("arrived", ", ".join(f"{v} {k}" for k, v in sorted(summary.arrived.items())))
+    for number, (patient, values) in enumerate(sorted(summary.probabilities.items())):
+        table.add_row("P(malignant)" if number == 0 else "", f"{patient}: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in sorted(values.items())))
+    table.add_row("saliency PNGs", f"{len(summary.pngs)} in {inside(summary.folder / 'saliency')}")
+    table.add_row("node config", inside(summary.config))
+    if summary.results is not None:
+        meta = json.loads((summary.results / "results.json").read_text())["meta"]
+        table.add_row("model tested", f"{inside(summary.results)}: at CR "
+                      f"{', '.join(f'{c:g}' for c in meta['crs'])} on {meta['breasts']} "
+                      f"held-out breasts ({meta['malignant']} malignant)")
+    audit = terminal_table(summary.audit.sites if summary.audit else [], "Audit of the demo's sites")
+    again = Text(f"The same audit, with --json or --html: {summary.audit_command}")
+    return Group(table, Text(), audit, Text(), again)
 
 
-__all__ = ["DemoSummary", "PeerError", "audit_rows", "run_demo"]
+__all__ = ["DemoSummary", "PeerError", "run_demo", "summary_view"]

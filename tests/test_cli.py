@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from dicomcr.cli import app as library_app
@@ -19,19 +20,28 @@ from dicomcr.models.modelfile import ModelInfo, save_model
 NODE_COMMANDS = {"serve", "worker", "status", "retry", "conformance", "demo"}
 
 
-def _names(app) -> set[str]:
-    return {command.name or command.callback.__name__ for command in app.registered_commands}
+def _names(app: typer.Typer) -> set[str]:
+    """The commands an app offers, as Typer composes them (its public `get_command`)."""
+    return set(typer.main.get_command(app).commands)
 
 
 def test_python_dash_m_runs_every_command() -> None:
-    run = subprocess.run([sys.executable, "-m", "dicomcr", "--help"], capture_output=True,
+    """`python -m services` runs the whole command line (the console script's app); `python -m
+    dicomcr` the library's commands, its help naming where the node's are."""
+    run = subprocess.run([sys.executable, "-m", "services", "--help"], capture_output=True,
                          text=True, timeout=120, env={**os.environ, "COLUMNS": "100"})
     assert run.returncode == 0, run.stderr
     for name in NODE_COMMANDS | {"phantom", "transcode", "cv", "audit"}:
         assert f" {name} " in run.stdout, name
-    version = subprocess.run([sys.executable, "-m", "dicomcr", "--version"], capture_output=True,
-                             text=True, timeout=120)
-    assert version.returncode == 0 and version.stdout.startswith("dicomcr ")
+    library = subprocess.run([sys.executable, "-m", "dicomcr", "--help"], capture_output=True,
+                             text=True, timeout=120, env={**os.environ, "COLUMNS": "100"})
+    assert library.returncode == 0, library.stderr
+    assert " phantom " in library.stdout and " serve " not in library.stdout
+    assert "python -m services" in " ".join(library.stdout.split())
+    for module in ("dicomcr", "services"):
+        version = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True,
+                                 text=True, timeout=120)
+        assert version.returncode == 0 and version.stdout.startswith("dicomcr "), module
 
 
 def test_the_node_commands_do_not_change_the_library_app() -> None:
@@ -118,3 +128,27 @@ def test_conformance_into_a_path_it_cannot_write_is_one_line(tmp_path) -> None:
     result = CliRunner().invoke(app, ["conformance", "--out", str(tmp_path / "afile" / "c.md")])
     assert result.exit_code == 2 and "cannot write" in result.output
     assert "Traceback" not in result.output
+
+
+def test_send_says_that_the_calling_ae_picks_the_nodes_site() -> None:
+    """A dicomcr node picks the sending site (and its policy) by the calling AE title: `send
+    --help` says so (issue 21, part 6)."""
+    result = CliRunner().invoke(library_app, ["send", "--help"], env={"COLUMNS": "250"})
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0
+    assert "A dicomcr node picks the sending site by it" in said and "--calling-aet" in said
+
+
+def test_a_value_out_of_a_fixed_set_is_refused_in_the_librarys_words() -> None:
+    """Options with a fixed set of values are the library's enums: their values in --help, and a
+    value out of the set refused before any work, exit 2."""
+    for args, said in ((["cv", "x", "--out", "y", "--device", "tpu"], "unknown device 'tpu'; choose "
+                        "one of auto, cpu, cuda"),
+                       (["audit", "x", "--fail-on", "always"], "unknown --fail-on value 'always'"),
+                       (["train", "x", "--out", "y", "--cr", "1", "--format", "excel"],
+                        "unknown dataset format 'excel'")):
+        result = CliRunner().invoke(library_app, args, env={"COLUMNS": "250"})
+        assert result.exit_code == 2 and said in " ".join(result.output.split()), result.output
+    shown = " ".join(CliRunner().invoke(library_app, ["cv", "--help"], env={"COLUMNS": "250"})
+                     .output.split())
+    assert "[local|ray]" in shown and "[cnn3|resnet18]" in shown and "[auto|cpu|cuda]" in shown

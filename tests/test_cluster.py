@@ -171,6 +171,19 @@ def test_local_executor_threads_are_checked() -> None:
     assert bad.exit_code == 2 and "--address is for --executor ray" in bad.output
 
 
+def test_the_executor_is_chosen_before_any_work() -> None:
+    """`dicomcr cv --executor/--address/--cell-cpus` as one value, checked at once; opened (a
+    Ray cluster joined) only when the cells are due."""
+    from dicomcr.experiments.placement import Executor, ExecutorChoice
+
+    with pytest.raises(ValueError, match="--address is for --executor ray"):
+        ExecutorChoice(Executor.LOCAL, "127.0.0.1:6379")
+    with pytest.raises(ValueError, match="CPUs per cell must be >= 1"):
+        ExecutorChoice(Executor.RAY, cpus_per_cell=0)
+    with ExecutorChoice(cpus_per_cell=2).open() as here:
+        assert isinstance(here, LocalExecutor) and here.threads == 2
+
+
 @pytest.fixture(scope="module")
 def easy_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cohort CNN3 learns from (about 0.7 to 0.8 test AUROC): 400 small GE studies with

@@ -72,7 +72,8 @@ LEVELS: tuple[frozenset[str], ...] = (
     frozenset({"experiments", "inference"}),
     frozenset({"observers"}),  # model observers, over codec, dicom, data, phantom, experiments.paper
     frozenset({"audit"}),  # over observers too
-    frozenset({"cli", "__main__"}),
+    frozenset({"cli"}),
+    frozenset({"__main__"}),  # python -m dicomcr: the library's commands
 )
 
 

@@ -169,3 +169,42 @@ def test_model_info_shows_what_a_model_file_holds(tmp_path: Path) -> None:
     (tmp_path / "x.dcmcr").write_bytes(b"\x00" * 64)
     bad = runner.invoke(app, ["model-info", str(tmp_path / "x.dcmcr")])
     assert bad.exit_code == 2 and "not a readable model file" in bad.output
+
+
+def test_model_info_says_what_becomes_of_the_pair(tmp_path: Path) -> None:
+    """An input larger than the canvas is enlarged, not shrunk (issue 21, part 6); a model at the
+    pitch says padded; one resized each way says which dimension."""
+    from dicomcr.data.preprocess import Preprocessing
+
+    assert Preprocessing(canvas=(100, 120)).input_text() == \
+        "100 x 120 (the pair at 0.3 of the image, padded)"
+    assert Preprocessing(canvas=(100, 120), input_size=(64, 64)).input_text() == \
+        "64 x 64 (the 100 x 120 pair at 0.3, shrunk)"
+    assert Preprocessing(canvas=(100, 120), input_size=(64, 200)).input_text() == \
+        "64 x 200 (the 100 x 120 pair at 0.3, shrunk in height, enlarged in width)"
+    assert Preprocessing(canvas=(100, 120), input_size=(100, 64)).input_text() == \
+        "100 x 64 (the 100 x 120 pair at 0.3, shrunk in width)"
+    spec = CNN3Spec(channels=(4, 8, 8), hidden=(16, 8), input_size=(128, 128))
+    info = _info()
+    info.spec, info.preprocessing = spec.as_dict(), {"scale": 0.3, "canvas": [100, 120],
+                                                     "input_size": [128, 128]}
+    save_model(CNN3(spec), info, tmp_path / "big.dcmcr")
+    shown = CliRunner().invoke(app, ["model-info", str(tmp_path / "big.dcmcr")],
+                               env={"COLUMNS": "120"})
+    assert shown.exit_code == 0, shown.output
+    assert "128 x 128 (the 100 x 120 pair at 0.3, enlarged)" in shown.output
+    assert "shrunk" not in shown.output
+
+
+def test_the_command_line_offers_architecture_and_device_without_torch() -> None:
+    """`dicomcr.models` names its architectures and devices without importing torch, so that the
+    command line starts without it; the networks come when first asked for."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dicomcr.cli, dicomcr.models as m; assert 'torch' not in sys.modules; "
+            "print(m.Architecture('resnet18'), m.Device('cuda')); from dicomcr.models import CNN3; "
+            "print('torch' in sys.modules, CNN3.__name__)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["resnet18", "cuda", "True", "CNN3"]

@@ -141,3 +141,25 @@ def test_a_cohort_is_not_overwritten_without_force(tmp_path: Path) -> None:
     assert replaced.exit_code == 0, replaced.output
     recorded = json.loads((out / "phantom.json").read_text())
     assert recorded["seed"] == 4 and "conspicuous" in json.dumps(recorded["difficulty"])
+
+
+def test_the_fixed_choices_are_the_librarys_enums(tmp_path: Path) -> None:
+    """--size, --vendor and --difficulty take the values of the library's enums (a difficulty in
+    any case, as `Difficulty.named` reads it); the spec holds the enums, phantom.json their
+    values; the summary names the processes that wrote the cohort (at most one per study)."""
+    from dicomcr.phantom.cohort import DifficultyName, Size, Vendor
+
+    assert [v.value for v in Vendor] == ["hologic", "ge", "mixed"]
+    assert DifficultyName(" Conspicuous ") is DifficultyName.CONSPICUOUS
+    spec = CohortSpec(n_studies=1, size="small", vendor="ge")
+    assert (spec.size, spec.vendor) == (Size.SMALL, Vendor.GE)
+    out = tmp_path / "p"
+    result = runner.invoke(app, ["phantom", str(out), "-n", "1", "--size", "small", "--vendor", "ge",
+                                 "--difficulty", "Conspicuous", "--workers", "4"])
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((out / "phantom.json").read_text())
+    assert (recorded["size"], recorded["vendor"], recorded["difficulty"]["name"]) == (
+        "small", "ge", "conspicuous")
+    assert "1 worker)" in result.output  # one study: one process, whatever --workers asked
+    help_text = " ".join(runner.invoke(app, ["phantom", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert "[hologic|ge|mixed]" in help_text and "[physical|conspicuous]" in help_text

@@ -1,4 +1,4 @@
-"""`dicomcr report` says what the results are: the held-out test set of `evaluate_held_out` (the
+"""`dicomcr report` says what the results are: the held-out test set of `run.evaluate` (the
 demo's results folder) without a word of folds, a cross-validation with its folds."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from dicomcr.cli import app
 from dicomcr.data.dataset import load_dataset
 from dicomcr.experiments import cv as cvlib
-from dicomcr.experiments.run import evaluate_held_out
+from dicomcr.experiments.run import evaluate
 from dicomcr.models import CNN3, CNN3Spec
 from dicomcr.models.modelfile import ModelInfo, save_model
 from dicomcr.phantom import CohortSpec, write_cohort
@@ -51,8 +51,8 @@ def held_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_model(CNN3(spec), ModelInfo(architecture="cnn3", spec=spec.as_dict(),
                                      preprocessing=PREPROCESSING, trained_crs=[20.0],
                                      data_fingerprint="x", threshold=0.5), model)
-    return evaluate_held_out(model, load_dataset(cohort).breasts, [1.0, 20.0], root / "results",
-                             cohort / ".dicomcr-cache", source=str(cohort))
+    return evaluate(model, load_dataset(cohort).breasts, [1.0, 20.0], cohort / ".dicomcr-cache",
+                    out=root / "results", source=str(cohort)).folder
 
 
 def test_a_held_out_report_speaks_of_the_held_out_test_set(held_out: Path) -> None:

@@ -13,7 +13,7 @@ from dicomcr.cli import app
 from dicomcr.data.cache import breast_inputs
 from dicomcr.data.dataset import read_phantom_labels
 from dicomcr.data.preprocess import Preprocessing
-from dicomcr.experiments.run import Events, train_classifier
+from dicomcr.experiments.run import Events, evaluate, train, train_classifier
 from dicomcr.experiments.splits import split_patients
 from dicomcr.experiments.train import Samples, TrainOptions, predict, train_model
 from dicomcr.models.modelfile import load_model
@@ -234,3 +234,51 @@ def test_resnet18_trains_from_scratch_when_no_imagenet_weights_are_on_disk(
     bad = runner.invoke(app, ["train", str(cohort), "--cr", "1", "--arch", "vgg", "--out",
                               str(tmp_path / "x")])
     assert bad.exit_code == 2 and "unknown architecture" in bad.output
+
+
+def test_one_evaluate_for_the_command_and_the_demo(cohort: Path, tmp_path: Path) -> None:
+    """`evaluate`: the model file on every breast at each CR (its own by default), its AUROC and
+    AUPRC with CIs from those probabilities, the predictions CSV, and, for the audit and the
+    report, a results folder with one fold (what the demo writes)."""
+    from dicomcr.audit.audit import read_results
+    from dicomcr.experiments.metrics import auprc_bootstrap, auroc_delong
+
+    breasts = read_phantom_labels(cohort)
+    trained = train_classifier(breasts, [20.0], tmp_path / "m.dcmcr", cohort / ".dicomcr-cache",
+                               options=TrainOptions(epochs=1, batch_size=8, seed=3),
+                               preprocessing=Preprocessing(input_size=(64, 64)))
+    notes: list[str] = []
+    tested = evaluate(trained.path, breasts, [1.0, 20.0, 11000.0], cohort / ".dicomcr-cache",
+                      out=tmp_path / "results", predictions=tmp_path / "p.csv", seed=4,
+                      source="the cohort", events=Events(note=notes.append))
+    assert list(tested.probabilities) == [1.0, 20.0] and "CR 11000 skipped" in notes[0]
+    labels = np.array([b.malignant for b in breasts])
+    for cr, (auroc, auprc) in tested.metrics.items():  # type: ignore[misc]
+        assert auroc == auroc_delong(labels, tested.probabilities[cr])
+        assert auprc == auprc_bootstrap(labels, tested.probabilities[cr], 4)
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert len(lines) == 1 + 2 * len(breasts)
+    document = read_results(tested.folder)
+    assert tested.folder == tmp_path / "results" and document["meta"]["folds"] == 1
+    assert document["meta"]["model_data_fingerprint"] == trained.info.data_fingerprint
+    assert [(r["model"], r["test_cr"], round(r["auroc"], 4)) for r in document["rows"]] == [
+        ("M-CR20", cr, round(tested.metrics[cr][0].value, 4)) for cr in (1.0, 20.0)]  # type: ignore[index]
+    default = evaluate(trained.path, breasts, None, cohort / ".dicomcr-cache")
+    assert list(default.probabilities) == [20.0] and default.folder is None
+    with pytest.raises(ValueError, match="is a folder: give a file name"):
+        evaluate(trained.path, breasts, None, cohort / ".dicomcr-cache", predictions=tmp_path)
+
+
+def test_train_decides_how_it_runs(cohort: Path, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process with nproc 1; nproc below 1, or any under torchrun (whose own
+    --nproc-per-node says it), refused before any work."""
+    breasts = read_phantom_labels(cohort)
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="--nproc 0: give N >= 2, outside torchrun"):
+        train(breasts, [20.0], tmp_path / "m.dcmcr", cache, nproc=0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ValueError, match="--nproc 2: give N >= 2, outside torchrun"):
+        train(breasts, [20.0], tmp_path / "m.dcmcr", cache, nproc=2)
+    assert not cache.exists()

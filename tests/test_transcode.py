@@ -23,7 +23,7 @@ from dicomcr.codec.codestream import coding_style, parse
 from dicomcr.codec.j2k import PAPER_LADDER, encode_ladder, psnr, tolerance
 from dicomcr.data.dataset import PHANTOM_DICOM, PHANTOM_MASKS
 from dicomcr.phantom import generate_study
-from dicomcr.transcode import Transcoded, transcode_file
+from dicomcr.transcode import Ladder, Transcoded, transcode_file, transcode_tree
 
 runner = CliRunner()
 NOT_DICOM = "not a DICOM file (no DICM preamble/header)"
@@ -336,6 +336,28 @@ def test_command_writes_a_series_per_cr_and_a_manifest(small_cohort: Path, tmp_p
     assert none.exit_code == 2 and "nothing to do" in none.output
     missing = runner.invoke(app, ["transcode", str(tmp_path / "nowhere"), str(out), "--cr", "20"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_transcode_tree_writes_every_file_and_the_manifest(small_cohort: Path, tmp_path: Path) -> None:
+    """What `dicomcr transcode` calls: every DICOM file of a folder (a pool of processes), one row
+    per file and target, the manifest, progress per file; refusals before any work."""
+    study = sorted((small_cohort / PHANTOM_DICOM).iterdir())[0]
+    seen: list[tuple[int, int]] = []
+    run = transcode_tree(study, tmp_path / "out", [20.0], lossless=True, workers=2,
+                         progress=lambda done, total: seen.append((done, total)))
+    assert run.files == 4 and len(run.rows) == 8 and run.failed == []
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    with open(run.manifest, newline="") as handle:
+        manifest = list(csv.DictReader(handle))
+    assert [(r["target"], r["status"]) for r in manifest] == [("20", "ok"), ("lossless", "ok")] * 4
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cr20", "lossless", "manifest.csv"]
+    for targets, lossless, said in (([], False, "nothing to do"), ([0.5], False, "> 1"),
+                                    ([20.0], False, "does not exist")):
+        source = tmp_path / "nowhere" if said == "does not exist" else study
+        with pytest.raises(ValueError, match=said):
+            transcode_tree(source, tmp_path / "refused", targets, lossless)
+    assert not (tmp_path / "refused").exists()
+    assert Ladder("paper").crs == tuple(float(cr) for cr in PAPER_LADDER)
 
 
 def test_command_psnr_on_request(hologic_file: Path, tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 and the deployed model's cross-CR results.
 
 Images come from the node (its job store and storage: what each site's policy produced) and/or
-DICOM folders attributed to sites by a site map. Every verdict is a function of the files, the
-guideline table (data: dicomcr/audit/guidelines.csv, or your own) and a `dicomcr cv --cross`
-results.json. Bad items are reported per item; the audit completes for the rest.
+DICOM folders attributed to sites by a site map (`sites.run_audit` collects them). Every verdict
+is a function of the files, the guideline table (data: dicomcr/audit/guidelines.csv, or your
+own) and a `dicomcr cv --cross` results.json. Bad items are reported per item; the audit
+completes for the rest.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Policy
-from ..jobs import InstanceState, JobStore, ObjectKind
 from .facts import ImageFacts, UnreadableFile, read_facts, rule_breaks
+from .verdicts import GuidelineStatus, ModelStatus
 
 GUIDELINES = Path(__file__).with_name("guidelines.csv")
 TOLERANCE = 0.02  # an exact-CR transcoder lands within 2 % of its target
@@ -36,7 +36,8 @@ class Guideline:
 
 
 def load_guidelines(path: Path | None = None) -> list[Guideline]:
-    """The guideline table (CSV: key, body, modality, max_cr, source)."""
+    """The guideline table (CSV with the columns key, body, modality, max_cr and source; other
+    columns are left to other readers)."""
     path = Path(path or GUIDELINES)
     try:
         with open(path, newline="") as handle:
@@ -55,7 +56,7 @@ def load_guidelines(path: Path | None = None) -> list[Guideline]:
 class ModelVerdict:
     """The deployed model at a site's CR, next to CR 1, from cross-CR results."""
 
-    status: str  # OK, degraded, not validated, no results, other model, other data
+    status: ModelStatus
     model: str = ""
     site_cr: float | None = None
     at_site: dict | None = None  # a results row: auroc, auroc_low, ... at the site's CR
@@ -75,7 +76,7 @@ class SiteAudit:
     histories: dict[str, int] = field(default_factory=dict)
     breaks: list[tuple[str, str]] = field(default_factory=list)  # (file, what it breaks)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
-    guideline_status: str = ""  # within, violation
+    guideline_status: GuidelineStatus | str = ""  # "": the site stores no image to judge
     guideline_text: str = ""
     model: ModelVerdict | None = None
 
@@ -87,7 +88,7 @@ class SiteAudit:
 
 
 def guideline_verdict(max_cr: float, guidelines: list[Guideline], key: str | None
-                      ) -> tuple[str, str]:
+                      ) -> tuple[GuidelineStatus, str]:
     """(within | violation, text) for the highest CR a site stores. With `key`, against that
     guideline; without, against every row (a violation only above all of them)."""
     chosen = [g for g in guidelines if g.key == key] if key else guidelines
@@ -95,7 +96,7 @@ def guideline_verdict(max_cr: float, guidelines: list[Guideline], key: str | Non
         raise ValueError(f"no guideline {key!r}; the table has {', '.join(g.key for g in guidelines)}")
     above = [g for g in chosen if max_cr > g.max_cr * (1 + TOLERANCE)]
     parts = [f"{'above' if g in above else 'within'} {g.key} {g.max_cr:g}" for g in chosen]
-    status = "violation" if len(above) == len(chosen) else "within"
+    status = GuidelineStatus.VIOLATION if len(above) == len(chosen) else GuidelineStatus.WITHIN
     return status, f"max CR {max_cr:.1f}: " + ", ".join(parts)
 
 
@@ -138,18 +139,18 @@ def model_verdict(results: dict | None, model: dict | None, site_cr: float | Non
     `results`: a results.json of `dicomcr cv --cross`; `model`: the deployed model's metadata
     (architecture, trained_crs, preprocessing, data_fingerprint)."""
     if results is None or model is None:
-        return ModelVerdict("no results", note="no --results or no deployed model to judge")
+        return ModelVerdict(ModelStatus.NO_RESULTS, note="no --results or no deployed model to judge")
     from ..experiments.cv import model_name
 
     name = model_name(tuple(float(c) for c in model["trained_crs"]))
     meta = results.get("meta", {})
     if meta.get("architecture") != model.get("architecture") or \
             meta.get("preprocessing") != model.get("preprocessing"):
-        return ModelVerdict("other model", name, note=(
+        return ModelVerdict(ModelStatus.OTHER_MODEL, name, note=(
             f"the results are for {meta.get('architecture')} with other preprocessing or "
             f"architecture than the deployed {model.get('architecture')}"))
     if not site_data and not same_data(results, model):
-        return ModelVerdict("other data", name, note=(
+        return ModelVerdict(ModelStatus.OTHER_DATA, name, note=(
             f"the results are for other data: {meta.get('data') or '?'}, fingerprint "
             f"{meta.get('data_fingerprint') or 'not recorded'}; the deployed {name} was trained "
             f"on {model.get('data_fingerprint') or 'data not recorded'} (--same-data if the "
@@ -157,88 +158,21 @@ def model_verdict(results: dict | None, model: dict | None, site_cr: float | Non
     curve = sorted((r for r in results.get("rows", []) if r.get("model") == name),
                    key=lambda r: r["test_cr"])
     if not curve:
-        return ModelVerdict("other model", name, note=f"the results hold no {name}")
+        return ModelVerdict(ModelStatus.OTHER_MODEL, name, note=f"the results hold no {name}")
     if site_cr is None:
-        return ModelVerdict("not validated", name, note="the site stores no lossy CR to judge",
+        return ModelVerdict(ModelStatus.NOT_VALIDATED, name,
+                            note="the site stores no lossy CR to judge",
                             curve=curve)
     at_site = next((r for r in curve if abs(r["test_cr"] - site_cr) <= TOLERANCE * site_cr), None)
     at_cr1 = next((r for r in curve if r["test_cr"] == 1.0), None)
     if at_site is None or at_cr1 is None:
         tested = ", ".join(f"{r['test_cr']:g}" for r in curve)
-        return ModelVerdict("not validated", name, site_cr, at_site, at_cr1,
+        return ModelVerdict(ModelStatus.NOT_VALIDATED, name, site_cr, at_site, at_cr1,
                             f"{name} was tested at CR {tested}", curve)
     degraded = at_site["auroc_high"] < at_cr1["auroc_low"]
     chance = "no better than chance at CR 1 (CI reaches 0.5)" if at_cr1["auroc_low"] <= 0.5 else ""
-    return ModelVerdict("degraded" if degraded else "OK", name, site_cr, at_site, at_cr1, chance,
-                        curve)
-
-
-def node_images(config) -> tuple[dict[str, list[Path]], list[str]]:
-    """{site: image files the node produced for it} from its job store, and problems."""
-    from ..config import Config
-
-    assert isinstance(config, Config)
-    store = Path(config.node.storage) / "jobs.sqlite"
-    if not store.is_file():
-        return {}, [f"{store}: no job store (has the node run with this configuration?)"]
-    with JobStore.open_readonly(store) as jobs:
-        return jobs.outputs_by_site(ObjectKind.IMAGE,
-                                    (InstanceState.TRANSCODED, InstanceState.DONE)), []
-
-
-def node_sites(config, deployed: dict | None = None
-               ) -> tuple[dict[str, list[Path]], dict[str, Policy], dict[str, dict | None],
-                          list[str]]:
-    """A node's sites: {site: image files} from its job store, {site: configured policy},
-    {site: deployed model metadata} (the site's model, else inference.model, else `deployed`)
-    and problems. A configured model that cannot be read raises ModelFileError."""
-    from ..models.modelfile import load_model
-
-    files, problems = node_images(config)
-    default = config.inference.model if config.inference else None
-    configured = {site.name: site.policy for site in config.sites}
-    models = {}
-    for site in config.sites:
-        path = site.model or default
-        models[site.name] = load_model(path)[1].__dict__ if path else deployed
-    return files, configured, models, problems
-
-
-def folder_images(folders: list[Path], site_map: Path | None
-                  ) -> tuple[dict[str, list[Path]], list[str], dict[str, str]]:
-    """{site: files} of DICOM folders, problems, and {site: guideline key} where the site map
-    names one. The site map (CSV folder,site[,guideline]) names the folders' sites, else the
-    folder's own name is the site (said)."""
-    from ..transcode import find_inputs
-
-    named: dict[Path, str] = {}
-    keys: dict[str, str] = {}
-    problems = []
-    if site_map is not None:
-        try:
-            with open(site_map, newline="") as handle:
-                for number, row in enumerate(csv.DictReader(handle), start=2):
-                    if not row.get("folder") or not row.get("site"):
-                        problems.append(f"{site_map}:{number}: needs folder and site; skipped")
-                        continue
-                    named[Path(row["folder"]).resolve()] = row["site"]
-                    if row.get("guideline"):
-                        keys[row["site"]] = row["guideline"]
-        except OSError as exc:
-            raise ValueError(f"--site-map {site_map}: cannot read ({exc.strerror})") from exc
-    out: dict[str, list[Path]] = defaultdict(list)
-    for folder in folders:
-        site = named.get(Path(folder).resolve())
-        if site is None:
-            site = Path(folder).resolve().name
-            problems.append(f"{folder}: not in the site map; audited as site {site!r}")
-        try:
-            out[site] += [path for path, _ in find_inputs(folder)]
-        except FileNotFoundError as exc:
-            problems.append(f"{folder}: {exc}")
-    for folder in set(named) - {Path(f).resolve() for f in folders}:
-        problems.append(f"site map names {folder} ({named[folder]}), which was not given")
-    return dict(out), problems, keys
+    return ModelVerdict(ModelStatus.DEGRADED if degraded else ModelStatus.OK, name, site_cr,
+                        at_site, at_cr1, chance, curve)
 
 
 def audit_sites(files: dict[str, list[Path]], configured: dict[str, Policy | None],

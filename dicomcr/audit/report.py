@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,9 +16,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .audit import Guideline, ModelVerdict, SiteAudit
+from .verdicts import GuidelineStatus, ModelStatus
 
 
 def to_json(audits: list[SiteAudit], problems: list[str], guidelines: list[Guideline]) -> dict:
+    """Every site's audit (its achieved CRs as a list, and as min / median / max), the problems
+    and the guideline table, as plain JSON values."""
     sites = []
     for audit in audits:
         item = asdict(audit)
@@ -27,6 +31,12 @@ def to_json(audits: list[SiteAudit], problems: list[str], guidelines: list[Guide
                             if summary else None)
         sites.append(item)
     return {"sites": sites, "problems": problems, "guidelines": [asdict(g) for g in guidelines]}
+
+
+def write_json(audits: list[SiteAudit], problems: list[str], guidelines: list[Guideline],
+               path: Path) -> None:
+    """The audit as one JSON document (`to_json`)."""
+    Path(path).write_text(json.dumps(to_json(audits, problems, guidelines), indent=1, default=str))
 
 
 # Short names of the transfer syntaxes an archive holds (pydicom's names are long).
@@ -89,13 +99,13 @@ class AuditView:
         if a.unreadable:
             breaks.append(f", {len(a.unreadable)} unreadable")
         guidelines = Text(a.guideline_status or "-",
-                          "red" if a.guideline_status == "violation" else "green")
+                          "red" if a.guideline_status == GuidelineStatus.VIOLATION else "green")
         if a.guideline_text:
             guidelines.append(f": {a.guideline_text}")
         model = Text(model_text(a.model))
         if a.model is not None:
-            model.stylize({"OK": "green", "degraded": "red"}.get(a.model.status, "yellow"), 0,
-                          len(a.model.status))
+            colour = {ModelStatus.OK: "green", ModelStatus.DEGRADED: "red"}
+            model.stylize(colour.get(a.model.status, "yellow"), 0, len(a.model.status))
         return {"images": f"{a.images} ({a.studies})", "set": a.configured_cr or "-",
                 "achieved": " / ".join(f"{v:.1f}" for v in summary) if summary else "-",
                 "syntaxes": ", ".join(f"{syntax_name(k)} ({v})" for k, v in syntaxes) or "-",
@@ -164,6 +174,12 @@ class AuditView:
             yield tables[1]
         else:
             yield self.blocks()
+
+
+def file_lines(audits: list[SiteAudit], limit: int = 20) -> list[str]:
+    """"site: file: what" for the first `limit` rule breaks and unreadable files of each site."""
+    return [f"{a.site}: {file}: {what}" for a in audits for file, what in
+            [*a.breaks[:limit], *((f, f"unreadable: {why}") for f, why in a.unreadable[:limit])]]
 
 
 def terminal_table(audits: list[SiteAudit], title: str = "Compression audit") -> AuditView:

@@ -21,7 +21,17 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
-FORMATS = ("phantom", "csv", "rsna", "vindr")
+
+class DatasetFormat(StrEnum):
+    """How a dataset's images are labelled (`load_dataset`)."""
+
+    PHANTOM = "phantom"  # a phantom cohort's own labels.csv
+    CSV = "csv"  # any per-image CSV, its columns named
+    RSNA = "rsna"  # RSNA Screening Mammography's train.csv
+    VINDR = "vindr"  # VinDr-Mammo's breast-level_annotations.csv
+
+
+FORMATS = tuple(f.value for f in DatasetFormat)
 # A phantom cohort (`dicomcr phantom OUT`): OUT/labels.csv and OUT/phantom.json, the DICOM files in
 # OUT/dicom/<patient>/<view>.dcm (a tree of DICOM files only, which `storescu +sd +r` sends whole)
 # and the lesion masks in OUT/masks/<patient>/<view>.png.
@@ -92,6 +102,16 @@ class Dataset:
     breasts: list[Breast]
     problems: list[str] = field(default_factory=list)
     source: str = ""
+
+    def notes(self, limit: int = 10) -> list[str]:
+        """The first `limit` problems, and how many more there are."""
+        more = len(self.problems) - limit
+        return [*self.problems[:limit], *([f"... and {more} more problems"] if more > 0 else [])]
+
+    def summary(self) -> str:
+        """How many breasts of how many patients, how many malignant, read from where."""
+        return (f"{len(self.breasts)} breasts of {len({b.patient_id for b in self.breasts})} "
+                f"patients ({sum(b.malignant for b in self.breasts)} malignant) from {self.source}")
 
 
 @dataclass(frozen=True)
@@ -268,8 +288,8 @@ def read_image_table(table: Path, images: Path, columns: ColumnMap) -> Dataset:
     return Dataset(breasts, problems, str(table))
 
 
-def load_dataset(data: Path, layout: str = "phantom", labels: Path | None = None,
-                 columns: str | None = None) -> Dataset:
+def load_dataset(data: Path, layout: DatasetFormat | str = DatasetFormat.PHANTOM,
+                 labels: Path | None = None, columns: str | None = None) -> Dataset:
     """The one entry point of the commands: DATA is the image folder; `labels` its CSV."""
     data = Path(data)
     if layout not in FORMATS:

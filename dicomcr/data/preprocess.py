@@ -31,7 +31,8 @@ class Preprocessing:
     each crop at the top left of its half (chest wall on the left), zeros elsewhere. It is derived
     from the data (`with_canvas`: the largest crops of the cohort), so no image is shrunk beyond
     the paper's 30 %. `input_size` is what the model takes: None keeps the canvas (the 30 %
-    pitch); a smaller size shrinks the canvas, trading resolution for CPU time."""
+    pitch); another size resizes the canvas to it (a smaller one trades resolution for CPU time,
+    a larger one enlarges it; `input_text` says which)."""
 
     scale: float = 0.30  # the paper's resize
     crop_fraction_y: float = 0.2  # a fifth of the height
@@ -63,6 +64,20 @@ class Preprocessing:
     def keeps_pitch(self) -> bool:
         """Whether the model sees the pair at the `scale` pitch (no further shrink)."""
         return self.model_input == self._canvas()
+
+    def input_text(self) -> str:
+        """The model input in words: its size and what becomes of the padded CC + MLO pair,
+        kept at the pitch, or resized: shrunk, enlarged, or each in the dimension it is."""
+        rows, columns = self.model_input
+        if self.keeps_pitch:
+            return f"{rows} x {columns} (the pair at {self.scale:g} of the image, padded)"
+        canvas = self._canvas()
+        changed = {name: "shrunk" if want < have else "enlarged"
+                   for name, want, have in zip(("height", "width"), self.model_input, canvas,
+                                               strict=True) if want != have}
+        both = len(changed) == 2 and len(set(changed.values())) == 1  # shrunk (or enlarged) both ways
+        how = changed["height"] if both else ", ".join(f"{w} in {n}" for n, w in changed.items())
+        return f"{rows} x {columns} (the {canvas[0]} x {canvas[1]} pair at {self.scale:g}, {how})"
 
     def _canvas(self) -> tuple[int, int]:
         if self.canvas is None:

@@ -5,10 +5,11 @@
 - `plan_models`: which models an experiment trains and the CRs each is tested at: Table 1 (M-CRx at
   x), Table 2 with `cross` (every M-CRx at every CR), Fig. 4 with `augment` (M-CR1-x trained on
   every CR from 1 to x, tested at every CR).
-- `run_fold`: one model on one fold; `summarise`: pooled out-of-fold AUROC (DeLong CI) and AUPRC
-  (bootstrap CI) per model and test CR, with the fold mean and sd beside them, and DeLong's paired
-  test of the row against M-CR1 at the same test CR and against the same model at test CR 1 (every
-  plan shares the folds, so every prediction set covers the same breasts).
+- `cross_validate`: every model on every fold (`cells.run_fold`, computed by an executor);
+  `summarise`: pooled out-of-fold AUROC (DeLong CI) and AUPRC (bootstrap CI) per model and test
+  CR, with the fold mean and sd beside them, and DeLong's paired test of the row against M-CR1 at
+  the same test CR and against the same model at test CR 1 (every plan shares the folds, so every
+  prediction set covers the same breasts).
 - `summarise_findings`: the AUROC of each malignant finding type against all non-malignant
   breasts, per model and test CR: which cancers compression erases first.
 Fold results are files (`ResultsDir`): a rerun loads the folds already done instead of training.
@@ -21,31 +22,18 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..codec.j2k import CODEC_REVISION
 from ..data.dataset import Breast, Finding
 from ..outputs import write_text_atomically
+from .cells import Cell, CellEvents, CellWork, Fold, FoldResult, ModelPlan
+from .executors import CellExecutor, LocalExecutor
 from .metrics import auprc_bootstrap, auroc_by_group, auroc_delong, delong_paired
 from .splits import patient_labels, require_patients
-from .train import Samples, TrainOptions, operating_threshold, predict, train_model
-
-if TYPE_CHECKING:
-    from .executors import CellExecutor
-
-
-@dataclass(frozen=True)
-class Fold:
-    """The patients of one fold: test is this fold's share, validation comes from the rest."""
-
-    index: int
-    train: frozenset[str]
-    validation: frozenset[str]
-    test: frozenset[str]
+from .train import TrainOptions
 
 
 def _validation_size(rest: int, share: float) -> int:
@@ -97,15 +85,6 @@ def cv_folds(patients: list[str], labels: list[int], n_folds: int, seed: int,
     return folds
 
 
-@dataclass(frozen=True)
-class ModelPlan:
-    """One model of an experiment: its name, the CRs it trains on and the CRs it is tested at."""
-
-    name: str
-    train_crs: tuple[float, ...]
-    test_crs: tuple[float, ...]
-
-
 def model_name(train_crs: tuple[float, ...]) -> str:
     """The paper's names: M-CR20 for one CR, M-CR1-11000 for the mixture of every CR 1..11000."""
     if len(train_crs) == 1:
@@ -128,23 +107,6 @@ def plan_models(crs: list[float], cross: bool = False, augment: bool = False) ->
     return plans
 
 
-@dataclass(frozen=True)
-class FoldResult:
-    """What one fold of one model produced: test probabilities per CR and how training went."""
-
-    model: str
-    fold: int
-    keys: tuple[str, ...]  # breast keys of the test patients
-    labels: tuple[int, ...]
-    probabilities: dict[str, list[float]]  # test CR (as text) -> one per key
-    best_epoch: int
-    validation_auroc: float
-    threshold: float  # the operating point chosen on the fold's validation patients
-    threshold_rule: str  # how (Youden's J, or 0.5 and why)
-    history: list[dict]
-    identity: str  # what the result depends on; a changed identity is recomputed
-
-
 def fold_identity(plan: ModelPlan, fold: Fold, architecture: str, spec: dict,
                   options: TrainOptions, preprocessing: dict, data: str) -> str:
     """A hash of everything a fold's result depends on."""
@@ -154,31 +116,6 @@ def fold_identity(plan: ModelPlan, fold: Fold, architecture: str, spec: dict,
                        "preprocessing": preprocessing, "data": data, "codec": CODEC_REVISION},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
-def run_fold(plan: ModelPlan, fold: Fold, keys: list[str], patient_of: list[str],
-             inputs: dict[float, np.ndarray], labels: np.ndarray, build: Callable[[], nn.Module],
-             options: TrainOptions, identity: str,
-             progress: Callable[[dict], None] | None = None) -> tuple[FoldResult, nn.Module]:
-    """Train `plan` on the fold's training patients, choose its operating threshold on the
-    validation patients, test it on the test patients at every CR; return the result and the
-    trained network."""
-    def rows(patients: frozenset[str]) -> np.ndarray:
-        return np.array([i for i, p in enumerate(patient_of) if p in patients], dtype=int)
-
-    train = Samples.of(inputs, labels, rows(fold.train), list(plan.train_crs))
-    validation = Samples.of(inputs, labels, rows(fold.validation), list(plan.train_crs))
-    result = train_model(build, train, validation, options, progress)
-    threshold, rule = operating_threshold(result.model, validation)
-    test = rows(fold.test)
-    device = torch.device("cpu")
-    probabilities = {f"{c:g}": [float(v) for v in
-                                predict(result.model, Samples.of(inputs, labels, test, [c]), device)]
-                     for c in plan.test_crs}
-    return FoldResult(plan.name, fold.index, tuple(keys[i] for i in test),
-                      tuple(int(labels[i]) for i in test), probabilities, result.best_epoch,
-                      result.best_validation_auroc, threshold, rule, result.history,
-                      identity), result.model
 
 
 class ResultsDir:
@@ -364,8 +301,6 @@ def cross_validate(plans: list[ModelPlan], folds: list[Fold], keys: list[str],
     executor starts; `on_epoch` after each epoch (local executor); `on_model(plan, result,
     network)` with each newly trained network, before its result is kept. The results come back
     in plan order, fold by fold, whatever order they were computed in."""
-    from .executors import Cell, CellEvents, CellWork, LocalExecutor
-
     found: dict[tuple[str, int], FoldResult] = {}
     cells = []
     for plan in plans:

@@ -93,6 +93,12 @@ class World:
             dist.destroy_process_group()
 
 
+def reports() -> bool:
+    """Whether this process reports a training to the user: outside torchrun, or rank 0."""
+    world = World.from_env()
+    return world is None or world.leader
+
+
 def _share(samples: Samples, world: World) -> tuple[np.ndarray, Samples]:
     """(indices, samples) of this rank's share: every size-th sample from its rank."""
     index = np.arange(world.rank, len(samples), world.size)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -28,55 +28,7 @@ from torch import nn
 from ..data.cache import BreastInputs, breast_inputs, view_crops
 from ..data.dataset import Breast
 from ..data.preprocess import Preprocessing
-from .cv import Fold, FoldResult, ModelPlan, run_fold
-from .train import TrainOptions
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One model on one fold, with the identity its result file carries and its own options (the
-    seed is the run's plus the fold's index)."""
-
-    plan: ModelPlan
-    fold: Fold
-    identity: str
-    options: TrainOptions
-
-    @classmethod
-    def of(cls, plan: ModelPlan, fold: Fold, identity: str, options: TrainOptions) -> Cell:
-        return cls(plan, fold, identity,
-                   TrainOptions(**{**asdict(options), "seed": options.seed + fold.index}))
-
-
-@dataclass(frozen=True, eq=False)
-class CellWork:
-    """What every cell of a run shares: the breasts (keys, patients, labels), their inputs per CR
-    and how to build the network."""
-
-    keys: tuple[str, ...]
-    patient_of: tuple[str, ...]
-    inputs: Mapping[float, np.ndarray]
-    labels: np.ndarray
-    build: Callable[[], nn.Module]
-
-
-@dataclass(frozen=True, eq=False)
-class CellDone:
-    """A cell computed: its result (not yet saved) and the trained network."""
-
-    cell: Cell
-    result: FoldResult
-    network: nn.Module
-
-
-@dataclass(frozen=True)
-class CellEvents:
-    """Progress of the cells: `started(cell)` before a cell trains (with Ray: when its result
-    arrives, the task's start is not seen here), `epoch(record)` after each epoch of the cell
-    training in this process (Ray tasks report none)."""
-
-    started: Callable[[Cell], None] | None = None
-    epoch: Callable[[dict], None] | None = None
+from .cells import Cell, CellDone, CellEvents, CellWork, FoldResult, train_cell
 
 
 class CellExecutor(Protocol):
@@ -91,13 +43,6 @@ class CellExecutor(Protocol):
     def run(self, cells: Sequence[Cell], work: CellWork, events: CellEvents) -> Iterator[CellDone]:
         """Every cell computed, yielded as it finishes (in any order)."""
         ...
-
-
-def train_cell(cell: Cell, work: CellWork,
-               epoch: Callable[[dict], None] | None = None) -> tuple[FoldResult, nn.Module]:
-    """One cell: train, choose the threshold, test (cv.run_fold)."""
-    return run_fold(cell.plan, cell.fold, list(work.keys), list(work.patient_of), dict(work.inputs),
-                    work.labels, work.build, cell.options, cell.identity, epoch)
 
 
 @contextmanager
@@ -133,7 +78,8 @@ class LocalExecutor:
         return breast_inputs(breasts, crs, preprocessing, cache, workers, progress)
 
     def run(self, cells: Sequence[Cell], work: CellWork,
-            events: CellEvents = CellEvents()) -> Iterator[CellDone]:
+            events: CellEvents | None = None) -> Iterator[CellDone]:
+        events = events or CellEvents()
         for cell in cells:
             if events.started:
                 events.started(cell)
@@ -266,7 +212,8 @@ class RayExecutor:
         return breast_inputs(breasts, crs, preprocessing, cache, 1)
 
     def run(self, cells: Sequence[Cell], work: CellWork,
-            events: CellEvents = CellEvents()) -> Iterator[CellDone]:
+            events: CellEvents | None = None) -> Iterator[CellDone]:
+        events = events or CellEvents()
         if not cells:
             return
         paths = _mapped_paths(work.inputs)
@@ -298,16 +245,3 @@ class RayExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def executor(name: str, address: str | None = None, cpus_per_cell: int | None = None
-             ) -> LocalExecutor | RayExecutor:
-    """The executor named `local` or `ray` (ValueError for any other name); `cpus_per_cell`:
-    the torch threads of a cell (None: every core locally, one CPU per Ray task)."""
-    if name == "local":
-        if address is not None:
-            raise ValueError("--address is for --executor ray")
-        return LocalExecutor(cpus_per_cell)
-    if name == "ray":
-        return RayExecutor(address, cpus_per_cell or 1)
-    raise ValueError(f"unknown executor {name!r}; choose local or ray")

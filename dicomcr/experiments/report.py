@@ -2,7 +2,7 @@
 
 `write_figures` draws from the result rows and fold predictions; `write_report` reads only what
 `dicomcr cv` wrote (results.json and the PNGs), so a results folder can be reported anywhere. A
-folder of `evaluate_held_out` (one model file tested once on a held-out test set, as the demo
+folder of `run.evaluate` (one model file tested once on a held-out test set, as the demo
 writes) has the same form with one "fold": its page speaks of the held-out test set, not of folds.
 """
 
@@ -37,7 +37,7 @@ class ReportError(ValueError):
 
 class Evaluation(StrEnum):
     """How the results were obtained: the folds of `dicomcr cv`, or one model file tested once on
-    a held-out test set (`evaluate_held_out`)."""
+    a held-out test set (`run.evaluate`)."""
 
     CROSS_VALIDATION = "cross-validation"
     HELD_OUT = "held-out test"

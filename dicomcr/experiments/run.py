@@ -1,17 +1,20 @@
-"""The experiments as two library calls: train one model, and run the cross-validation matrix.
+"""The experiments as library calls: train one model, test one, and run the cross-validation matrix.
 
 `train_classifier`: split by patient 7:1:2, train with early stopping, choose the operating
-threshold on validation, test at every CR, write the model file. `run_cv`: every model of the
-plan on every fold (resumable), each fold's network as a model file with its threshold, the
-pooled metrics, tables, figures and optionally Grad-CAM scores. `dicomcr train`, `dicomcr cv`,
-the demo and the tests call these; they parse and print. Both take the preprocessing without a
-canvas by default: the canvas is derived from the data (the paper's 30 % pitch, padded). Both
-refuse, before any work, too few patients of a class for every side of the split to hold both
-classes, and an output path they could not write.
+threshold on validation, test at every CR, write the model file; `train` starts it the way the
+process is asked to (here, under torchrun, or on N local processes). `evaluate`: a model file
+tested on held-out breasts at every CR, optionally as a results folder. `run_cv`: every model of
+the plan on every fold (resumable), each fold's network as a model file with its threshold, the
+pooled metrics, tables, figures and optionally Grad-CAM scores. The commands (`dicomcr train`,
+`evaluate`, `cv`), the demo and the tests call these; the commands parse and print. Training takes
+the preprocessing without a canvas by default: the canvas is derived from the data (the paper's
+30 % pitch, padded). Each refuses, before any work, too few patients of a class for every side of
+the split to hold both classes, and an output path it could not write.
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,23 +23,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.cache import BreastInputs, Reach, breast_inputs, cr_reach
+from ..data.cache import BreastInputs, Reach, cr_reach
 from ..data.dataset import Breast, fingerprint, read_phantom_labels
 from ..data.preprocess import Preprocessing
 from ..dicom.source import InputError
-from ..models import CNN3, Architecture, CNN3Spec, ResNet18, ResNet18Spec
+from ..models import CNN3, Architecture, CNN3Spec, ResNet18, ResNet18Spec, pick_device
 from ..models.modelfile import ModelFileError, ModelInfo, load_model, save_model
 from ..models.resnet18 import imagenet_weights_path
 from ..outputs import output_file, output_folder
 from . import cv as cvlib
 from .distributed import (
+    TrainRequest,
     World,
+    launch,
     operating_threshold_shared,
     predict_shared,
     train_model_distributed,
 )
 from .executors import CellExecutor, LocalExecutor
-from .metrics import Estimate, auroc_delong
+from .metrics import Estimate, auprc_bootstrap, auroc_delong
 from .report import FIGURES, REPORT, write_figures
 from .saliency import SaliencyRow, cv_saliency, input_mask
 from .splits import split_patients
@@ -220,6 +225,30 @@ def train_classifier(breasts: list[Breast], crs: list[float], out: Path, cache: 
                         result.best_epoch, result.best_validation_auroc, threshold, rule, tested)
 
 
+def train(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *, nproc: int = 1,
+          network: Network | None = None, options: TrainOptions | None = None,
+          preprocessing: Preprocessing | None = None, workers: int = 1,
+          events: Events | None = None) -> TrainedModel:
+    """`dicomcr train`: `train_classifier`, started the way the process is asked to. With `nproc`
+    1, in this process, or as one rank of DDP when torchrun started it (each machine's torchrun
+    runs `dicomcr train`, README); with `nproc` >= 2 outside torchrun, on `nproc` processes of
+    this machine that it starts under torchrun (`distributed.launch`), their lines passed to
+    `events.note`. ValueError, before any work, for an `nproc` that cannot be honoured and a
+    device this machine lacks."""
+    network, options = network or Network(), options or TrainOptions()
+    events = events or Events()
+    if nproc != 1 and (World.from_env() is not None or nproc < 1):
+        raise ValueError(f"--nproc {nproc}: give N >= 2, outside torchrun (under torchrun its own "
+                         "--nproc-per-node says it)")
+    pick_device(options.device)
+    if nproc == 1:
+        return train_classifier(breasts, crs, out, cache, network=network, options=options,
+                                preprocessing=preprocessing, workers=workers, events=events)
+    events.say(f"training on {nproc} processes (torchrun, DistributedDataParallel)")
+    return launch(TrainRequest(breasts, crs, out, cache, network, options,
+                               preprocessing or Preprocessing(), workers), nproc, echo=events.note)
+
+
 def quick_model(cohort: Path, out: Path, epochs: int, cr: float = 20.0,
                 events: Events | None = None) -> TrainedModel:
     """The demo's quick CNN3 at `cr`, from a small phantom cohort: on the canvas of that cohort's
@@ -232,40 +261,99 @@ def quick_model(cohort: Path, out: Path, epochs: int, cr: float = 20.0,
                             events=events)
 
 
-def evaluate_held_out(model: Path, breasts: list[Breast], crs: list[float], out: Path, cache: Path,
-                  source: str = "", workers: int = 1) -> Path:
-    """The model file `model` tested once on held-out `breasts` at every CR of `crs`, written to
-    `out` as a `dicomcr cv --cross` results folder with one fold (the whole held-out set), so that
-    `dicomcr audit --results` and `dicomcr report` read it. Returns `out`."""
+@dataclass(frozen=True, eq=False)
+class TestedModel:
+    """What `evaluate` measured: the probability of every breast at every test CR, and per CR
+    the AUROC (DeLong 95 % CI) and AUPRC (bootstrap 95 % CI), or why they were not computed."""
+
+    model: Path
+    info: ModelInfo
+    breasts: list[Breast]
+    probabilities: dict[float, np.ndarray]  # test CR -> one per breast, in `breasts`' order
+    metrics: dict[float, tuple[Estimate, Estimate] | str]  # test CR -> (AUROC, AUPRC) or why not
+    folder: Path | None = None  # the results folder written, when one was asked for
+
+
+def evaluate(model: Path, breasts: list[Breast], crs: list[float] | None, cache: Path, *,
+             out: Path | None = None, predictions: Path | None = None, seed: int = 0,
+             source: str = "", workers: int = 1, events: Events | None = None) -> TestedModel:
+    """The model file `model` tested on every breast of `breasts` (held out from its training) at
+    every CR of `crs` (None: the CRs it was trained at; a CR out of the images' reach is skipped,
+    said through `events`), with the preprocessing it records. `predictions`: also write every
+    probability as CSV; `out`: also write a `dicomcr cv --cross` results folder with one fold (the
+    whole held-out set), which `dicomcr audit --results` and `dicomcr report` read; `seed`: the
+    AUPRC bootstrap's. The command `dicomcr evaluate` and the demo call this.
+
+    ValueError (a ModelFileError for the model file) before any work for what cannot be read
+    or written, and for a dataset no asked CR reaches."""
+    events = events or Events()
     network, info = load_model(model)
-    trained = tuple(info.trained_crs)
-    plan = cvlib.ModelPlan(cvlib.model_name(trained), trained, tuple(sorted(crs)))
+    if predictions is not None:
+        output_file(predictions)
+    if out is not None:
+        output_folder(out)
+    crs = list(reachable(breasts, crs or sorted(set(info.trained_crs)), events).kept)
+    inputs = preprocess(breasts, crs, Preprocessing.from_dict(info.preprocessing), cache,
+                        workers, events)
     labels = np.array([b.malignant for b in breasts])
-    inputs = breast_inputs(breasts, list(plan.test_crs),
-                           Preprocessing.from_dict(info.preprocessing), cache, workers)
     everyone = np.arange(len(breasts))
-    tested = cvlib.FoldResult(
+    probabilities = {c: predict(network, Samples.of(inputs.arrays, labels, everyone, [c]),
+                                torch.device("cpu")) for c in crs}
+    metrics: dict[float, tuple[Estimate, Estimate] | str] = {}
+    for c, scores in probabilities.items():
+        try:
+            metrics[c] = (auroc_delong(labels, scores), auprc_bootstrap(labels, scores, seed))
+        except ValueError as exc:  # one class only, too few breasts: said in the table
+            metrics[c] = f"not computed: {exc}"
+    tested = TestedModel(Path(model), info, breasts, probabilities, metrics,
+                         Path(out) if out is not None else None)
+    if predictions is not None:
+        _write_predictions(tested, Path(predictions))
+    if out is not None:
+        _write_held_out(tested, Path(out), seed, source)
+    return tested
+
+
+def _write_predictions(tested: TestedModel, path: Path) -> None:
+    """One line per breast and test CR: patient_id, laterality, malignant, cr, probability."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("patient_id", "laterality", "malignant", "cr", "probability"))
+        for c, scores in tested.probabilities.items():
+            writer.writerows((b.patient_id, b.laterality, b.malignant, f"{c:g}", f"{s:.6f}")
+                             for b, s in zip(tested.breasts, scores, strict=True))
+
+
+def _write_held_out(tested: TestedModel, out: Path, seed: int, source: str) -> None:
+    """`tested` as a `dicomcr cv --cross` results folder with one fold: the held-out set."""
+    info, breasts = tested.info, tested.breasts
+    trained = tuple(info.trained_crs)
+    plan = cvlib.ModelPlan(cvlib.model_name(trained), trained,
+                           tuple(sorted(tested.probabilities)))
+    labels = np.array([b.malignant for b in breasts])
+    fold = cvlib.FoldResult(
         model=plan.name, fold=0, keys=tuple(b.key for b in breasts),
         labels=tuple(int(v) for v in labels),
-        probabilities={f"{c:g}": predict(network, Samples.of(inputs.arrays, labels, everyone, [c]),
-                                         torch.device("cpu")).tolist() for c in plan.test_crs},
+        probabilities={f"{c:g}": scores.tolist() for c, scores in tested.probabilities.items()},
         best_epoch=int(info.validation.get("best_epoch", 0)),
         validation_auroc=float(info.validation.get("val_auroc", float("nan"))),
         threshold=info.threshold, threshold_rule=info.validation.get("threshold_rule", ""),
         history=[], identity="held-out")
-    rows = cvlib.summarise([plan], [tested], seed=0)
+    try:
+        rows = cvlib.summarise([plan], [fold], seed=seed)
+    except ValueError as exc:
+        raise ValueError(f"the metrics cannot be computed: {exc}") from exc
     finding_of = cvlib.findings_of(breasts)
-    findings = cvlib.summarise_findings([plan], [tested], finding_of)
-    cvlib.write_tables(out, rows, [tested], {
+    findings = cvlib.summarise_findings([plan], [fold], finding_of)
+    cvlib.write_tables(out, rows, [fold], {
         "data": source, "data_fingerprint": fingerprint(breasts),
         "architecture": info.architecture, "spec": info.spec,
         "preprocessing": info.preprocessing, "crs": list(plan.test_crs), "cross": True,
         "augment": False, "folds": 1, "breasts": len(breasts),
         "patients": len({b.patient_id for b in breasts}), "malignant": int(labels.sum()),
-        "model": str(model), "model_data_fingerprint": info.data_fingerprint,
+        "model": str(tested.model), "model_data_fingerprint": info.data_fingerprint,
         "evaluation": "the deployed model file, tested once on held-out studies (no folds)"},
         findings=findings, finding_of=finding_of)
-    return out
 
 
 @dataclass(frozen=True)
@@ -298,6 +386,7 @@ def run_cv(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *, f
     another; a `RayExecutor` wants `cache` and `out` on storage every node sees)."""
     network, options = network or Network(), options or TrainOptions()
     preprocessing, events = preprocessing or Preprocessing(), events or Events()
+    pick_device(options.device)  # a device this machine lacks: said before any work
     reach = reachable(breasts, crs, events)
     crs = list(reach.kept)
     plans = cvlib.plan_models(crs, cross, augment)

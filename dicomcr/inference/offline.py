@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -18,9 +19,15 @@ from ..data.dataset import mask_beside
 from ..data.preprocess import normalise_image
 from ..dicom.source import InputError, SourceImage, read_source
 from ..explain.figure import saliency_figure
+from ..models import Device
+from ..models.modelfile import load_model
 from ..outputs import output_folder
+from ..transcode import find_inputs
 from .classify import Classifier, view_of
 from .objects import Written, write_objects
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 @dataclass
@@ -31,6 +38,17 @@ class OfflineResult:
     written: list[Written] = field(default_factory=list)
     figure: Path | None = None
     problems: list[str] = field(default_factory=list)
+
+    def table(self, study: Path) -> Table:
+        """The probability of each breast per model and CR, as a rich table for a terminal."""
+        from rich.table import Table
+
+        table = Table(title=f"P(malignant) of each breast of {study}")
+        for name in ("model", "CR", "breast", "probability"):
+            table.add_column(name)
+        for (model, cr, side), value in sorted(self.probabilities.items()):
+            table.add_row(model, f"{cr:g}", side, f"{value:.3f}")
+        return table
 
 
 def at_crs(sources: list[SourceImage], crs: list[float]) -> dict[float, list[SourceImage]]:
@@ -55,9 +73,19 @@ def model_names(models: list[Path]) -> list[str]:
             for m, stem in zip(models, stems, strict=True)]
 
 
-def saliency_study(models: list[Path], files: list[Path], crs: list[float], out: Path,
-                   device: str = "cpu") -> OfflineResult:
-    """Run every model at every CR on one study; write the objects and the figure into `out`."""
+def saliency_study(models: list[Path], study: Path, crs: list[float] | None, out: Path,
+                   device: Device | str = Device.CPU) -> OfflineResult:
+    """Run every model at every CR (None: every CR a model was trained at) on the study in the
+    folder (or file) `study`; write the objects and the figure into `out`. ValueError (a
+    ModelFileError for a model file) for what cannot be read or written."""
+    if not models:
+        raise ValueError("give at least one model file and then the study folder")
+    trained = sorted({c for m in models for c in load_model(m)[1].trained_crs})  # each readable
+    crs = crs or trained
+    try:
+        files = [path for path, _ in find_inputs(study)]
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from exc
     output_folder(out)
     result = OfflineResult()
     sources = []

@@ -10,6 +10,7 @@ refused with a clear ModelFileError. Version 1 files (no threshold, no canvas) a
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,22 @@ class ModelInfo:
     threshold: float  # the operating point: P(malignant) >= threshold reads as malignant
     validation: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+
+    def as_json(self, path: Path) -> dict:
+        """Everything the model file `path` records, with each NaN or infinity as None (strict
+        JSON)."""
+        return _finite({"file": str(path), "format_version": FORMAT_VERSION, **self.__dict__})
+
+
+def _finite(value):
+    """`value` with every NaN or infinity as None, in dicts and lists too."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _geometry_problem(info: ModelInfo) -> str | None:

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from dicomcr import __version__
 from dicomcr.data.dataset import PHANTOM_DICOM, PHANTOM_MASKS, Finding
 from dicomcr.outputs import output_folder
 
-from .params import DETECTORS, VENDOR_CHOICES, CohortMix, Difficulty, Tissue
+from .params import DETECTORS, CohortMix, Difficulty, Tissue
 from .study import PhantomStudy, generate_study
 
 LABEL_COLUMNS = (
@@ -42,14 +43,43 @@ COHORT_FILES = (PHANTOM_DICOM, PHANTOM_MASKS, "labels.csv", "phantom.json")
 """What `write_cohort` writes into OUT, and all that `force` removes from it."""
 
 
+class Vendor(StrEnum):
+    """Whose detector images a cohort: one vendor's, or both alternating (MIXED)."""
+
+    HOLOGIC = "hologic"
+    GE = "ge"
+    MIXED = "mixed"
+
+
+class Size(StrEnum):
+    """The views' size: the detectors' own (FULL) or a quarter of it (SMALL, for tests)."""
+
+    FULL = "full"
+    SMALL = "small"
+
+
+class DifficultyName(StrEnum):
+    """The named lesion difficulties (`params.DIFFICULTIES`), as `--difficulty` takes them;
+    `Difficulty.named` gives the parameters."""
+
+    PHYSICAL = "physical"
+    CONSPICUOUS = "conspicuous"
+
+    @classmethod
+    def _missing_(cls, value: object) -> DifficultyName | None:
+        """A name in any case, with spaces around, as `Difficulty.named` reads it."""
+        text = value.strip().lower() if isinstance(value, str) else None
+        return next((member for member in cls if member.value == text), None)
+
+
 @dataclass(frozen=True)
 class CohortSpec:
     """Everything that determines a cohort: the same spec always writes the same bytes."""
 
     n_studies: int
     seed: int = 0
-    size: str = "full"
-    vendor: str = "mixed"
+    size: Size = Size.FULL
+    vendor: Vendor = Vendor.MIXED
     difficulty: Difficulty = field(default_factory=Difficulty)
     mix: CohortMix = field(default_factory=CohortMix)
     physics: Tissue = field(default_factory=Tissue)
@@ -59,10 +89,11 @@ class CohortSpec:
             raise ValueError(f"the number of studies must be a positive integer, got {self.n_studies}")
         if self.seed < 0:
             raise ValueError(f"the seed must be non-negative, got {self.seed}")
-        if self.vendor not in VENDOR_CHOICES:
-            raise ValueError(f"unknown vendor {self.vendor!r}; choose one of {', '.join(VENDOR_CHOICES)}")
-        if self.size not in ("full", "small"):
-            raise ValueError(f"unknown size {self.size!r}; choose full or small")
+        for name, kind in (("vendor", Vendor), ("size", Size)):
+            value = getattr(self, name)
+            if value not in tuple(kind):
+                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(kind)}")
+            object.__setattr__(self, name, kind(value))  # a plain "ge" becomes Vendor.GE
 
     def findings(self) -> list[str]:
         """The finding of each study: exact counts from the mix, in a seeded random order."""
@@ -72,9 +103,10 @@ class CohortSpec:
         return [findings[i] for i in order.permutation(len(findings))]
 
     def vendor_of(self, index: int) -> str:
-        if self.vendor != "mixed":
-            return self.vendor
-        return ("hologic", "ge")[index % 2]
+        """The detector of study `index`: the spec's vendor, or alternately Hologic and GE."""
+        if self.vendor is not Vendor.MIXED:
+            return self.vendor.value
+        return (Vendor.HOLOGIC.value, Vendor.GE.value)[index % 2]
 
 
 @dataclass(frozen=True)
@@ -93,7 +125,7 @@ def write_study(spec: CohortSpec, index: int, finding: str, out: Path) -> StudyR
     """Generate study `index` and write its DICOM files and masks into the cohort folder `out`."""
     start = time.perf_counter()
     vendor = spec.vendor_of(index)
-    study = generate_study(spec.seed, index, finding, vendor, spec.size, spec.difficulty,
+    study = generate_study(spec.seed, index, finding, vendor, spec.size.value, spec.difficulty,
                            spec.physics)
     dicom, masks = (out / tree / study.patient_id for tree in (PHANTOM_DICOM, PHANTOM_MASKS))
     dicom.mkdir(parents=True, exist_ok=True)
@@ -134,13 +166,15 @@ def _init_worker() -> None:
 
 
 def iter_cohort(spec: CohortSpec, out: Path, workers: int = 1) -> Iterator[StudyRecord]:
-    """Write every study of `spec` under `out`, yielding each record as its study is done."""
+    """Write every study of `spec` under `out` with `workers` processes (at most one per study),
+    yielding each record as its study is done."""
     findings = spec.findings()
     if workers <= 1:
         for index, finding in enumerate(findings):
             yield write_study(spec, index, finding, out)
         return
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(findings)),
+                             initializer=_init_worker) as pool:
         futures = [pool.submit(write_study, spec, i, f, out) for i, f in enumerate(findings)]
         for future in futures:
             yield future.result()
@@ -157,6 +191,7 @@ class CohortSummary:
     seconds: float
     seconds_per_study: float
     bytes_written: int
+    workers: int = 1  # processes that wrote it
 
     @property
     def dicom(self) -> Path:
@@ -167,12 +202,27 @@ class CohortSummary:
     def masks(self) -> Path:
         return self.out / PHANTOM_MASKS
 
+    def facts(self) -> list[tuple[str, str]]:
+        """(label, text) of what was written, and how fast."""
+        def counts(found: dict[str, int]) -> str:
+            return ", ".join(f"{k} {v}" for k, v in sorted(found.items()))
+
+        return [("folder", str(self.out)), ("studies / images", f"{self.studies} / {self.images}"),
+                ("findings", counts(self.findings)), ("vendors", counts(self.vendors)),
+                ("photometric", counts(self.photometric)),
+                ("size on disk", f"{self.bytes_written / 2**20:.1f} MiB"),
+                ("time", f"{self.seconds:.1f} s ({self.seconds_per_study:.2f} s per study, "
+                         f"{self.workers} worker{'s' if self.workers > 1 else ''})"),
+                ("DICOM", f"{self.dicom} (DICOM files only: send this folder)"),
+                ("lesion masks", str(self.masks)), ("labels", str(self.out / "labels.csv"))]
+
 
 def write_cohort(
     spec: CohortSpec, out: Path, workers: int = 1,
-    progress: Callable[[StudyRecord], None] | None = None, force: bool = False,
+    progress: Callable[[int, int], None] | None = None, force: bool = False,
 ) -> CohortSummary:
-    """Write the whole cohort, labels.csv and phantom.json into `out`; return what was written.
+    """Write the whole cohort, labels.csv and phantom.json into `out` with `workers` processes (at
+    most one per study), calling `progress(studies done, studies)`; return what was written.
 
     `out` must be empty or absent, so that labels.csv lists every patient folder beside it;
     `force` first removes a cohort written there before (COHORT_FILES, nothing else).
@@ -184,7 +234,7 @@ def write_cohort(
     for record in iter_cohort(spec, out, workers):
         records.append(record)
         if progress is not None:
-            progress(record)
+            progress(len(records), spec.n_studies)
     records.sort(key=lambda r: r.patient_id)
     with open(out / "labels.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LABEL_COLUMNS)
@@ -193,7 +243,8 @@ def write_cohort(
             writer.writerows(record.rows)
     (out / "phantom.json").write_text(json.dumps({
         "generator": f"dicomcr {__version__}",
-        "n_studies": spec.n_studies, "seed": spec.seed, "size": spec.size, "vendor": spec.vendor,
+        "n_studies": spec.n_studies, "seed": spec.seed, "size": spec.size.value,
+        "vendor": spec.vendor.value,
         "difficulty": {"name": spec.difficulty.name, **asdict(spec.difficulty)},
         "mix": asdict(spec.mix),
         "tissue": {"units": "attenuation in 1/mm near 20 keV, thickness in mm, fluence in "
@@ -208,7 +259,7 @@ def write_cohort(
         vendors=dict(Counter(r.vendor for r in records)),
         photometric=dict(Counter(r.photometric for r in records)),
         seconds=elapsed, seconds_per_study=sum(r.seconds for r in records) / len(records),
-        bytes_written=size,
+        bytes_written=size, workers=max(1, min(workers, spec.n_studies)),
     )
 
 
