@@ -13,7 +13,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from dicomcr.cli import HELP, check_writable, commands, console, fail, make_app, refused
 
@@ -93,49 +92,15 @@ def status(
     out = Console(width=80)  # readable in a log or a small window
     try:
         if failed:
-            _print_failed(read_failed(storage), out)
+            out.print("\n".join(read_failed(storage).lines()), highlight=False)
         else:
-            _print_status(read_status(storage), settings.node.ae_title, out)
+            report = read_status(storage)
+            out.print(report.table(f"dicomcr node {settings.node.ae_title}"))
+            out.print("\n".join(report.summary()), highlight=False)
     except FileNotFoundError:
         fail(f"no job store at {storage.store}: has the node run with this configuration?")
     except StoreError as exc:
         fail(f"cannot read the job store: {exc}")
-
-
-def _print_status(report, ae_title: str, out: Console) -> None:
-    from dicomcr.jobs import InstanceState, ObjectKind, StudyState
-
-    table = Table(title=f"dicomcr node {ae_title}", title_justify="left",
-                  caption=str(report.path), caption_justify="left")
-    table.add_column("site", overflow="fold")
-    table.add_column("objects")
-    for state in InstanceState:
-        table.add_column(state.value, justify="right")
-    names = {ObjectKind.IMAGE: "images", ObjectKind.DERIVED: "derived"}
-    for site, kinds in sorted(report.counts.items()):
-        for kind in (k for k in ObjectKind if k in kinds):
-            table.add_row(site, names[kind],
-                          *(str(kinds[kind][state]) for state in InstanceState))
-    out.print(table)
-    if report.studies:
-        out.print("studies: " + ", ".join(f"{state.value} {report.studies[state]}"
-                                          for state in StudyState if state in report.studies),
-                  highlight=False)
-    out.print(f"queue depth: {report.queue_depth}", highlight=False)
-
-
-def _print_failed(report, out: Console) -> None:
-    """One block per failure (UIDs are long, reasons longer), then the refusals at receive."""
-    if not report.failures and not report.refusals:
-        out.print("nothing failed", highlight=False)
-    for item in report.failures:
-        out.print(f"{item.what} {item.uid} (site {item.site})", highlight=False)
-        out.print(f"  why:   {item.error}", highlight=False)
-        if item.where is not None:
-            out.print(f"  where: {item.where}", highlight=False)
-    for refusal in report.refusals:
-        out.print(f"refused at receive, never acknowledged: {refusal.path.name}", highlight=False)
-        out.print(f"  why:   {refusal.reason}", highlight=False)
 
 
 @node_app.command()

@@ -8,11 +8,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.table import Table
+
 from ..config import Policy
 from .layout import Storage
 from .records import Counts, FailedWhat, Failure, queue_depth
 from .spool import Refusal, refused, release
-from .states import StudyState
+from .states import InstanceState, ObjectKind, StudyState
 from .store import JobStore
 
 
@@ -28,6 +30,28 @@ class StoreStatus:
     def queue_depth(self) -> int:
         return queue_depth(self.counts)
 
+    def table(self, title: str) -> Table:
+        """Per site, its images and its derived objects apart, by state (80 columns)."""
+        table = Table(title=title, title_justify="left", caption=str(self.path),
+                      caption_justify="left")
+        table.add_column("site", overflow="fold")
+        table.add_column("objects")
+        for state in InstanceState:
+            table.add_column(state.value, justify="right")
+        names = {ObjectKind.IMAGE: "images", ObjectKind.DERIVED: "derived"}
+        for site, kinds in sorted(self.counts.items()):
+            for kind in (k for k in ObjectKind if k in kinds):
+                table.add_row(site, names[kind],
+                              *(str(kinds[kind][state]) for state in InstanceState))
+        return table
+
+    def summary(self) -> list[str]:
+        """The studies by state, and the queue depth."""
+        counted = [f"{state.value} {self.studies[state]}" for state in StudyState
+                   if state in self.studies]
+        lines = [f"studies: {', '.join(counted)}"] if counted else []
+        return [*lines, f"queue depth: {self.queue_depth}"]
+
 
 def read_status(storage: Storage) -> StoreStatus:
     """The store's counts, read without changing it; FileNotFoundError when there is none,
@@ -42,6 +66,20 @@ class FailedReport:
 
     failures: list[Failure]
     refusals: list[Refusal]
+
+    def lines(self) -> list[str]:
+        """One block per failure (UIDs are long, reasons longer), then the refusals at receive."""
+        if not self.failures and not self.refusals:
+            return ["nothing failed"]
+        lines = []
+        for item in self.failures:
+            lines += [f"{item.what} {item.uid} (site {item.site})", f"  why:   {item.error}"]
+            if item.where is not None:
+                lines.append(f"  where: {item.where}")
+        for refusal in self.refusals:
+            lines += [f"refused at receive, never acknowledged: {refusal.path.name}",
+                      f"  why:   {refusal.reason}"]
+        return lines
 
 
 def read_failed(storage: Storage) -> FailedReport:
