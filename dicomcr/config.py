@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -308,21 +309,107 @@ class FolderDestination(Strict):
     folder: Path
 
 
-DESTINATION_FORMS = "a destination is a DICOM peer (host, port, ae_title) or a folder (folder)"
+class AuthScheme(StrEnum):
+    """How a DICOMweb destination is logged in to (the HTTP Authorization header's scheme)."""
+
+    BEARER = "bearer"
+    BASIC = "basic"
+
+
+class DestinationAuth(Strict):
+    """Credentials for a DICOMweb destination: a bearer token (`token_file` or `token_env`), or
+    HTTP basic authentication (`user` with `password_file` or `password_env`). The secret is read
+    from its file or environment variable at each request (`read_secret`), never written in the
+    YAML: a node.yaml is copied, committed and pasted into tickets."""
+
+    token_file: Path | None = None
+    token_env: EnvName | None = None
+    user: Annotated[str, Field(min_length=1, pattern=r"^[^:\x00-\x1f]+$")] | None = None
+    password_file: Path | None = None
+    password_env: EnvName | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> DestinationAuth:
+        token = (self.token_file, self.token_env)
+        password = (self.password_file, self.password_env)
+        for name, sources in (("token", token), ("password", password)):
+            if None not in sources:
+                raise ValueError(f"give the {name} by file ({name}_file) or by environment "
+                                 f"variable ({name}_env), not both")
+        has_token = token != (None, None)
+        has_password = password != (None, None)
+        if has_token and (self.user is not None or has_password):
+            raise ValueError("a bearer token (token_file or token_env) or a user and password, "
+                             "not both")
+        if not has_token and (self.user is None or not has_password):
+            raise ValueError("expected token_file or token_env (a bearer token), or user with "
+                             "password_file or password_env (HTTP basic)")
+        return self
+
+    @property
+    def scheme(self) -> AuthScheme:
+        return AuthScheme.BASIC if self.user is not None else AuthScheme.BEARER
+
+
+class HttpsTLS(DestinationTLS):
+    """A DICOMweb destination's `tls:`, as a DICOM peer's, except that the URL's host is checked
+    against the server's certificate unless `verify_hostname: false` (HTTPS servers are named by
+    their certificates; DICOM peers often are not)."""
+
+    verify_hostname: bool = True
+
+
+class DicomWebDestination(Strict):
+    """A DICOMweb service that takes STOW-RS: objects are POSTed to `{dicomweb}/studies`."""
+
+    dicomweb: str  # the service's base URL, e.g. https://pacs.example.org/dicom-web
+    auth: DestinationAuth | None = None
+    tls: HttpsTLS | None = None  # None: plain HTTP, or HTTPS checked against the system's CAs
+
+    @field_validator("dicomweb")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        value = value.strip()
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018  (raises ValueError on a port that is not a number)
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL with a host, e.g. "
+                             "https://pacs.example.org/dicom-web")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("no credentials in the URL: give them in auth (read from a file or "
+                             "an environment variable)")
+        if parts.query or parts.fragment:
+            raise ValueError("expected the service's base URL, without a query or fragment")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _tls_is_https(self) -> DicomWebDestination:
+        if self.tls is not None and not self.dicomweb.lower().startswith("https://"):
+            raise ValueError("tls applies to an https:// URL only")
+        return self
+
+
+DESTINATION_FORMS = ("a destination is a DICOM peer (host, port, ae_title), a folder (folder) or a "
+                     "DICOMweb service (dicomweb)")
 
 
 def _destination_kind(value: object) -> str | None:
-    """Which kind of destination a value is meant to be: a folder when it names one."""
+    """Which kind of destination a value is meant to be: a folder or a DICOMweb service when it
+    names one, else a DICOM peer."""
     if isinstance(value, dict):
-        return "folder" if "folder" in value else "dicom"
-    if isinstance(value, DicomDestination | FolderDestination):
-        return "dicom" if isinstance(value, DicomDestination) else "folder"
-    return None
+        return "folder" if "folder" in value else "dicomweb" if "dicomweb" in value else "dicom"
+    kinds = {DicomDestination: "dicom", FolderDestination: "folder",
+             DicomWebDestination: "dicomweb"}
+    return kinds.get(type(value))
 
 
 # One kind per destination, chosen by its keys, so that a mistake is reported once, for that kind.
 Destination = Annotated[
-    Annotated[DicomDestination, Tag("dicom")] | Annotated[FolderDestination, Tag("folder")],
+    Annotated[DicomDestination, Tag("dicom")] | Annotated[FolderDestination, Tag("folder")]
+    | Annotated[DicomWebDestination, Tag("dicomweb")],
     Discriminator(_destination_kind, custom_error_type="destination",
                   custom_error_message=DESTINATION_FORMS)]
 
@@ -456,6 +543,8 @@ def load_config(path: Path | None) -> Config:
                     hint = f"; {DESTINATION_FORMS}"
                 elif loc[2:3] == ["tls"] and error["type"] == "extra_forbidden":
                     hint = f"; a destination's tls takes {', '.join(DestinationTLS.model_fields)}"
+                elif loc[2:3] == ["auth"] and error["type"] == "extra_forbidden":
+                    hint = f"; a destination's auth takes {', '.join(DestinationAuth.model_fields)}"
             key = ".".join(str(part) for part in loc) or "(top level)"
             got = error.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"

@@ -18,10 +18,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from services.orthanc import LocalOrthanc
+from services.orthanc import LocalOrthanc, find_dicomweb_plugin
 from services.processes import PeerError, free_port
 from services.processes import stop_process as stop
 from services.processes import wait_for_port as _wait_for_port
@@ -102,11 +103,23 @@ class StoreSCP:
 
 
 class Orthanc(LocalOrthanc):
-    """Orthanc as the PACS: its own folder, DICOM and HTTP on free loopback ports, no plugins."""
+    """Orthanc as the PACS: its own folder, DICOM and HTTP on free loopback ports, no plugins
+    unless `dicomweb` (Debian's orthanc-dicomweb: missing -> skip, fail under CI=true); the other
+    options are LocalOrthanc's."""
 
-    def __init__(self, folder: Path, aet: str = "ORTHANC", dicom_port: int | None = None) -> None:
+    def __init__(self, folder: Path, aet: str = "ORTHANC", dicom_port: int | None = None,
+                 **options: Any) -> None:
+        binary = require("Orthanc")
+        if options.get("dicomweb") and find_dicomweb_plugin() is None:
+            _missing("orthanc-dicomweb")
         try:
-            super().__init__(folder, require("Orthanc"), aet, dicom_port)
+            super().__init__(folder, binary, aet, dicom_port, **options)
+        except PeerError as exc:
+            pytest.fail(str(exc))
+
+    def start(self) -> None:
+        try:
+            super().start()
         except PeerError as exc:
             pytest.fail(str(exc))
 

@@ -23,13 +23,15 @@ def test_the_example_configurations_load(name: str) -> None:
 
 @pytest.mark.parametrize(("destination", "said"), [
     ("{host: 127.0.0.1, port: 4242}", "destinations.pacs.ae_title: Field required; a destination "
-     "is a DICOM peer (host, port, ae_title) or a folder (folder)"),
+     "is a DICOM peer (host, port, ae_title), a folder (folder) or a DICOMweb service "
+     "(dicomweb)"),
     ("{folder: /srv/out, port: 4242}", "destinations.pacs.port: Extra inputs are not permitted "
-     "(got 4242); a destination is a DICOM peer (host, port, ae_title) or a folder (folder)"),
+     "(got 4242); a destination is a DICOM peer (host, port, ae_title), a folder (folder) or a "
+     "DICOMweb service (dicomweb)"),
     ("{host: 127.0.0.1, port: 99999, ae_title: PACS}", "destinations.pacs.port: Input should be "
      "less than or equal to 65535 (got 99999)"),
-    ("3", "destinations.pacs: a destination is a DICOM peer (host, port, ae_title) or a folder "
-     "(folder) (got 3)"),
+    ("3", "destinations.pacs: a destination is a DICOM peer (host, port, ae_title), a folder "
+     "(folder) or a DICOMweb service (dicomweb) (got 3)"),
 ])
 def test_a_bad_destination_is_one_line_about_its_own_kind(tmp_path: Path, destination: str,
                                                           said: str) -> None:

@@ -1,9 +1,12 @@
 """The forward stage: transcoded images and the node's derived objects to their destinations (a
-DICOM peer by C-STORE, or an archive folder), retried with exponential back-off.
+DICOM peer by C-STORE, a DICOMweb service by STOW-RS, or an archive folder), retried with
+exponential back-off.
 
-An object is marked done only when the destination answered Success (or the file is in the
-archive); derived objects have UIDs that are functions of their sources, so one forwarded twice
-replaces itself at the peer.
+An object is marked done only when the destination answered Success (C-STORE), named it stored
+(STOW-RS: services/dicomweb.py) or the file is in the archive; derived objects have UIDs that
+are functions of their sources, so one forwarded twice replaces itself at the peer. Anything
+else (a refusal with its reason, a peer down or not answering) is retried, the reason kept in
+the job store and logged, one line per distinct reason.
 """
 
 from __future__ import annotations
@@ -12,16 +15,18 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 import pydicom.errors
 
-from dicomcr.config import DicomDestination, FolderDestination
+from dicomcr.config import DicomDestination, DicomWebDestination, FolderDestination
 from dicomcr.jobs import InstanceState, Job, ObjectKind
-from dicomcr.net.scu import ClientTLS, NetworkError, Peer, send
+from dicomcr.net.scu import ClientTLS, NetworkError, Peer, SendResult, send
 
+from ..dicomweb import StowClient
 from .context import Loop, NodeContext
 
 log = logging.getLogger("dicomcr.node")
@@ -122,31 +127,14 @@ class ForwardStage:
 
     def _forward(self, jobs: list[Job], name: str) -> None:
         ctx = self.ctx
-        destination: DicomDestination | FolderDestination = ctx.config.destinations[name]
-        failed: dict[str, str] = {}
+        destination = ctx.config.destinations[name]
         if isinstance(destination, FolderDestination):
-            for job in jobs:
-                try:
-                    for path in job.outputs:
-                        place(path, archive_path(Path(destination.folder), path))
-                except (OSError, pydicom.errors.InvalidDicomError) as exc:  # a full or
-                    # unwritable archive: retried like a peer's no
-                    failed[job.sop_instance_uid] = str(exc)
-                    log.warning("archiving %s into %s failed: %s", job.sop_instance_uid,
-                                destination.folder, exc)
+            failed = _archive(jobs, Path(destination.folder))
+        elif isinstance(destination, DicomWebDestination):
+            failed = self._stow(jobs, destination, name)
         else:
-            peer = Peer(destination.host, destination.port, destination.ae_title,
-                        ctx.config.node.ae_title, timeout=ctx.config.node.network_timeout,
-                        tls=_client_tls(destination))
-            by_path = {path: job for job in jobs for path in job.outputs}
-            try:
-                for result in send(peer, list(by_path)):
-                    if not result.ok:
-                        failed[by_path[result.path].sop_instance_uid] = result.error
-            except (NetworkError, OSError, ValueError) as exc:
-                failed.update({job.sop_instance_uid: str(exc) for job in jobs
-                               if job.sop_instance_uid not in failed})
-                log.warning("forwarding to %s failed: %s", peer, exc)
+            failed = self._store(jobs, destination)
+        _log_failures(name, failed)
         self.health[name].report(len(failed) < len(jobs), next(iter(failed.values()), ""))
         retry = ctx.config.forward
         for job in jobs:
@@ -161,3 +149,67 @@ class ForwardStage:
                     log.info("%s was sent again while it was forwarded: the new one is "
                              "forwarded in its turn", job.sop_instance_uid)
                 ctx.metrics.count("forwarded")
+
+    def _store(self, jobs: list[Job], destination: DicomDestination) -> dict[str, str]:
+        """C-STORE the jobs' outputs in one association; the failed jobs with why."""
+        peer = Peer(destination.host, destination.port, destination.ae_title,
+                    self.ctx.config.node.ae_title, timeout=self.ctx.config.node.network_timeout,
+                    tls=_client_tls(destination))
+        by_path = {path: job for job in jobs for path in job.outputs}
+        return _outcomes(jobs, by_path, lambda: send(peer, list(by_path)))
+
+    def _stow(self, jobs: list[Job], destination: DicomWebDestination,
+              name: str) -> dict[str, str]:
+        """STOW-RS the jobs' outputs; the failed jobs with why. An object tried before goes in
+        a request of its own (see services/dicomweb.py)."""
+        by_path = {path: job for job in jobs for path in job.outputs}
+        alone = {path for path, job in by_path.items() if job.attempts}
+
+        def results() -> Iterator[SendResult]:
+            with StowClient(destination, name, self.ctx.config.node.network_timeout) as client:
+                yield from client.send(list(by_path), alone)
+
+        return _outcomes(jobs, by_path, results)
+
+
+def _archive(jobs: list[Job], folder: Path) -> dict[str, str]:
+    """Place the jobs' outputs in the archive folder; the failed jobs with why (a full or
+    unwritable archive is retried like a peer's no)."""
+    failed: dict[str, str] = {}
+    for job in jobs:
+        try:
+            for path in job.outputs:
+                place(path, archive_path(folder, path))
+        except (OSError, pydicom.errors.InvalidDicomError) as exc:
+            failed[job.sop_instance_uid] = f"archiving into {folder} failed: {exc}"
+    return failed
+
+
+def _outcomes(jobs: list[Job], by_path: dict[Path, Job],
+              results: Callable[[], Iterable[SendResult]]) -> dict[str, str]:
+    """The failed jobs with why, from a result per output file: a job fails when one of its
+    outputs did, and every job not answered for when the peer could not be reached (or went
+    away) fails with that reason."""
+    failed: dict[str, str] = {}
+    answered: set[Path] = set()
+    try:
+        for result in results():
+            answered.add(result.path)
+            if not result.ok:
+                failed.setdefault(by_path[result.path].sop_instance_uid, result.error)
+    except (NetworkError, OSError, ValueError) as exc:
+        failed.update({job.sop_instance_uid: str(exc) for job in jobs
+                       if job.sop_instance_uid not in failed
+                       and not answered.issuperset(job.outputs)})
+    return failed
+
+
+def _log_failures(name: str, failed: dict[str, str]) -> None:
+    """One warning per distinct reason, with the objects it concerns."""
+    by_reason: dict[str, list[str]] = {}
+    for uid, reason in failed.items():
+        by_reason.setdefault(reason, []).append(uid)
+    for reason, uids in by_reason.items():
+        more = f" and {len(uids) - 3} more" if len(uids) > 3 else ""
+        log.warning("forwarding to %s failed for %s%s: %s", name, ", ".join(uids[:3]), more,
+                    reason)
