@@ -33,7 +33,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -42,6 +41,7 @@ from starlette.routing import BaseRoute
 from dicomcr.config import Config
 from dicomcr.jobs import DiskReserve, DiskSpace, JobStore, Storage, StoreError, queue_depth
 
+from .health import NodeStatus
 from .metrics import Gauge, Metrics
 from .stages.context import DISK_FULL_SHOWN_SECONDS, Loop, NodeContext
 from .stages.forward import ForwardStage
@@ -62,16 +62,6 @@ DEATH_METRICS = {TaskKind.TRANSCODE: "transcode_worker_deaths",
 class NodeError(RuntimeError):
     """The node cannot start (a port in use, an unreadable token); the message says what to
     change."""
-
-
-class NodeStatus(StrEnum):
-    """What /healthz says; anything but OK is answered 503."""
-
-    STARTING = "starting"  # listening, its loops not all running yet
-    OK = "ok"
-    LOW_DISK = "low_disk"  # new instances are answered Out of Resources; the rest goes on
-    STOPPING = "stopping"  # draining after SIGTERM
-    FAILED = "failed"  # a loop ended on its own or the job store fails: the process exits
 
 
 @dataclass(frozen=True)

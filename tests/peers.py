@@ -30,6 +30,8 @@ from services.processes import wait_for_port as _wait_for_port
 __all__ = ["free_port", "stop"]
 
 APT_PACKAGE = {
+    "chromium": "chromium",
+    "chromedriver": "chromium-driver",
     "dciodvfy": "dicom3tools",
     "gdcminfo": "libgdcm-tools",
     "gdcmconv": "libgdcm-tools",

@@ -1,8 +1,9 @@
 """The node's HTTP face as one Starlette app: /healthz and /metrics (their contracts unchanged
-since http.server served them), STOW-RS in, and whatever routes the caller adds (the operator
-page): `create_app(web, routes=[...])`, the added routes first, so that one of them may take `/`.
-Each route finds the node in `request.app.state.web` (a WebContext) and who asks in
-`request.state.principal` (services/web/auth.py)."""
+since http.server served them), STOW-RS in, the operator page at `/` (page.py, its login in
+login.py), and whatever routes the caller adds: `create_app(web, routes=[...])`, the added routes
+first, so that one of them may take a path of the node's own. Each route finds the node in
+`request.app.state.web` (a WebContext) and who asks in `request.state.principal`
+(services/web/auth.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from starlette.routing import BaseRoute, Route
 
 from .auth import STOW_PATH, Authentication
 from .context import WebContext
+from .login import Login, Sessions
+from .page import TEMPLATES, is_page, page_routes
 from .stow import StowReceiver, store_instances
+from .thumbnails import Captures
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -45,24 +49,23 @@ def metrics(request: Request) -> Response:
     return Response(text, media_type=PROMETHEUS_TEXT)
 
 
-def index(request: Request) -> Response:
-    """A line until the operator page takes `/`."""
-    web: WebContext = request.app.state.web
-    return PlainTextResponse(f"dicomcr node {web.ctx.config.node.ae_title}: /healthz, /metrics, "
-                             f"STOW-RS at {STOW_PATH}\n")
-
-
 def create_app(web: WebContext, routes: Sequence[BaseRoute] = ()) -> Starlette:
-    """The app of one node: `routes` first, then the node's own; every path but /healthz and
-    /metrics behind the authentication."""
+    """The app of one node: `routes` first, then the node's own; every path but /healthz,
+    /metrics and the login form behind the authentication (a browser's session cookie turned
+    into the bearer token for the page's paths first: login.py)."""
+    sessions = Sessions(web.credentials)
     app = Starlette(
         routes=[*routes,
+                *page_routes(),
                 Route("/healthz", healthz, methods=["GET"]),
                 Route("/metrics", metrics, methods=["GET"]),
                 Route(STOW_PATH, store_instances, methods=["POST"]),
-                Route(STOW_PATH + "/{study:path}", store_instances, methods=["POST"]),
-                Route("/", index, methods=["GET"])],
-        middleware=[Middleware(Authentication, credentials=web.credentials)])
+                Route(STOW_PATH + "/{study:path}", store_instances, methods=["POST"])],
+        middleware=[Middleware(Login, sessions=sessions, is_page=is_page, templates=TEMPLATES,
+                               http_host=web.ctx.config.node.http_host),
+                    Middleware(Authentication, credentials=web.credentials)])
     app.state.web = web
     app.state.stow = StowReceiver(web)
+    app.state.sessions = sessions
+    app.state.captures = Captures()
     return app
