@@ -15,6 +15,13 @@ from dicomcr.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_
 
 from .receiver import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES
 from .stages.receive import STORAGE_CLASSES, TRANSFER_SYNTAXES
+from .web.stow import (
+    DICOM_JSON,
+    MEDIA_TYPE,
+    SOP_CLASS_NOT_SUPPORTED,
+    STUDY_MISMATCH,
+    TRANSFER_SYNTAX_NOT_SUPPORTED,
+)
 
 VERIFICATION = UID("1.2.840.10008.1.1")
 
@@ -46,6 +53,7 @@ def statement() -> str:
         "|---|---|---|",
         "| Verification | Yes (`dicomcr echo`) | Yes |",
         "| Storage | Yes (forwarder, `dicomcr send`) | Yes |",
+        "| DICOMweb STOW-RS | Yes (forwarder, `dicomweb:` destination) | Yes |",
         "",
         "## 2. Application Entity specification",
         "",
@@ -128,9 +136,31 @@ def statement() -> str:
         "Equipment naming the model. They go to `inference.send_to`, else to `forward.to`, with "
         "the same retries.",
         "",
+        "### 2.5 DICOMweb (PS3.18)",
+        "",
+        "STOW-RS as origin server: `POST /dicomweb/studies` and "
+        "`/dicomweb/studies/{StudyInstanceUID}` with `multipart/related; "
+        f"type=\"{MEDIA_TYPE}\"`, on `node.http_host`:`node.http_port` (default "
+        f"{defaults.http_host}:{defaults.http_port}). The SOP classes and transfer syntaxes of "
+        "2.2 are accepted; each part is checked, made durable and recorded exactly as a C-STORE "
+        "(2.3), then transcoded and forwarded the same way. The sending site is named by its "
+        "bearer token or client certificate. The response is "
+        f"`{DICOM_JSON}` with Referenced SOP Sequence (0008,1199) and Failed SOP Sequence "
+        "(0008,1198), each failure's Failure Reason (0008,1197) the status a C-STORE would get, "
+        f"or 0x{SOP_CLASS_NOT_SUPPORTED:04X} (SOP class not supported), "
+        f"0x{TRANSFER_SYNTAX_NOT_SUPPORTED:04X} (transfer syntax not supported), "
+        f"0x{STUDY_MISMATCH:04X} (Study Instance UID other than the URL's); HTTP 200 when every "
+        "instance was stored, 202 when some failed, 409 when none was stored, 400 for a body that "
+        "is not multipart, 415 for another media type, 401 for an unknown sender.",
+        "",
+        "STOW-RS as user agent: a destination `dicomweb:` is stored to with `POST {url}/studies`; "
+        "an instance in the Failed SOP Sequence, or one the response does not name, is retried "
+        "with back-off, as a failed C-STORE.",
+        "",
         "## 3. Communication profiles",
         "",
-        "TCP/IP, on the host and port of `node.host` and `node.port` (default 127.0.0.1:11112).",
+        "TCP/IP, on the host and port of `node.host` and `node.port` (default 127.0.0.1:11112); "
+        "HTTP/1.1 (HTTPS with `node.http_tls`) on `node.http_host` and `node.http_port`.",
         "",
         "## 4. Security",
         "",
