@@ -78,6 +78,16 @@ class Finding(StrEnum):
 
 
 @dataclass(frozen=True)
+class ViewHeader:
+    """What the preprocessing cache reads from a view's header: the SOP Instance UID that keys its
+    crops, and the bytes of its uncompressed Pixel Data (the CRs it can reach). Given with a
+    breast whose files are never written (a streamed phantom cohort, `dicomcr.phantom.stream`)."""
+
+    sop_instance_uid: str
+    raw_bytes: int
+
+
+@dataclass(frozen=True)
 class Breast:
     """One classification input: the CC and MLO files of one breast, its label and its finding."""
 
@@ -89,6 +99,9 @@ class Breast:
     cc_mask: Path | None = None  # lesion masks (PNG, the view's size) when the dataset has them
     mlo_mask: Path | None = None
     finding: Finding | None = None  # None: the dataset does not say
+    # (CC, MLO) headers of a streamed breast: its views exist only in the cache, `cc` and `mlo`
+    # name where a stored cohort keeps them; None: read from the files
+    headers: tuple[ViewHeader, ViewHeader] | None = None
 
     @property
     def key(self) -> str:
@@ -187,6 +200,17 @@ def mask_beside(image: Path) -> Path | None:
     return next((mask for mask in candidates if mask.is_file()), None)
 
 
+def phantom_breast(folder: Path, row: dict[str, str],
+                   headers: tuple[ViewHeader, ViewHeader] | None = None) -> Breast:
+    """The breast of one row of a phantom cohort's labels.csv, paths relative to `folder`
+    (KeyError, ValueError for a bad row); `headers` for a streamed cohort's."""
+    masks = [folder / row[k] if row.get(k) else None for k in ("cc_mask", "mlo_mask")]
+    # From the lesion kinds, which every cohort has (`finding` held the class before).
+    return Breast(row["patient_id"], row["laterality"], folder / row["cc_image"],
+                  folder / row["mlo_image"], int(row["malignant"]), *masks,
+                  finding=Finding.of(row["lesion_types"].split(";")), headers=headers)
+
+
 def read_phantom_labels(folder: Path) -> list[Breast]:
     """The breasts of a cohort written by `dicomcr phantom` (folder/labels.csv)."""
     folder = Path(folder)
@@ -200,11 +224,7 @@ def read_phantom_labels(folder: Path) -> list[Breast]:
     with open(labels, newline="") as handle:
         for number, row in enumerate(csv.DictReader(handle), start=2):
             try:
-                masks = [folder / row[k] if row.get(k) else None for k in ("cc_mask", "mlo_mask")]
-                # From the lesion kinds, which every cohort has (`finding` held the class before).
-                breast = Breast(row["patient_id"], row["laterality"], folder / row["cc_image"],
-                                folder / row["mlo_image"], int(row["malignant"]), *masks,
-                                finding=Finding.of(row["lesion_types"].split(";")))
+                breast = phantom_breast(folder, row)
             except (KeyError, ValueError) as exc:
                 raise ValueError(f"{labels}:{number}: bad row ({exc})") from exc
             for view in (breast.cc, breast.mlo):

@@ -8,8 +8,10 @@ the plan on every fold (resumable), each fold's network as a model file with its
 pooled metrics, tables, figures and optionally Grad-CAM scores. The commands (`dicomcr train`,
 `evaluate`, `cv`), the demo and the tests call these; the commands parse and print. Training takes
 the preprocessing without a canvas by default: the canvas is derived from the data (the paper's
-30 % pitch, padded). Each refuses, before any work, too few patients of a class for every side of
-the split to hold both classes, and an output path it could not write.
+30 % pitch, padded). `open_data` reads DATA as the commands take it: a folder, or a phantom cohort
+to stream (`phantom.stream.StreamedCohort`), which `train` and `run_cv` generate into the cache
+at the run's CRs first (`streamed`). Each refuses, before any work, too few patients of a class
+for every side of the split to hold both classes, and an output path it could not write.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ import torch
 from torch import nn
 
 from ..data.cache import BreastInputs, Reach, cr_reach
-from ..data.dataset import Breast, fingerprint, read_phantom_labels
+from ..data.dataset import Breast, DatasetFormat, fingerprint, load_dataset, read_phantom_labels
 from ..data.preprocess import Preprocessing
 from ..dicom.source import InputError
 from ..models import CNN3, Architecture, CNN3Spec, ResNet18, ResNet18Spec, pick_device
 from ..models.modelfile import ModelFileError, ModelInfo, load_model, save_model
 from ..models.resnet18 import imagenet_weights_path
 from ..outputs import output_file, output_folder
+from ..phantom.cohort import CohortSpec
+from ..phantom.stream import StreamedCohort
 from . import cv as cvlib
 from .distributed import (
     TrainRequest,
@@ -46,6 +50,8 @@ from .report import FIGURES, REPORT, write_figures
 from .saliency import SaliencyRow, cv_saliency, input_mask
 from .splits import split_patients
 from .train import Samples, TrainOptions, operating_threshold, predict, train_model
+
+CACHE_NAME = ".dicomcr-cache"  # the preprocessing cache's folder beside the data (`Data.cache`)
 
 
 @dataclass(frozen=True)
@@ -105,15 +111,66 @@ def _builder(architecture: str, weights: Path | None, input_size: tuple[int, int
     return build, plain.as_dict()
 
 
-def reachable(breasts: list[Breast], crs: list[float], events: Events | None = None) -> Reach:
-    """The CRs of `crs` that every view of `breasts` can be compressed at (`Reach.kept`).
+@dataclass(frozen=True, eq=False)
+class Data:
+    """DATA of `dicomcr train` and `cv` (`open_data`): the breasts a folder's reader found, or a
+    phantom cohort to stream; the cache to use when none is given (beside the data: in DATA, in
+    the folder of a phantom.json, in the current folder for a `phantom:` spec); what to tell."""
+
+    source: list[Breast] | StreamedCohort
+    cache: Path
+    name: str  # for results.json
+    summary: str
+    notes: tuple[str, ...] = ()
+
+
+def open_data(data: str | Path, layout: DatasetFormat | str = DatasetFormat.PHANTOM,
+              labels: Path | None = None, columns: str | None = None) -> Data:
+    """DATA as the experiment commands take it: a phantom specification (`phantom:studies=N,...`,
+    `CohortSpec.parse`, or the phantom.json of a cohort, `CohortSpec.read`), streamed into the
+    cache, or a folder read by `load_dataset` with `layout`, `labels` and `columns`. ValueError
+    (FileNotFoundError for a folder without its labels) in one line."""
+    text = str(data)
+    spec = None
+    if text.lower().startswith("phantom:"):
+        spec, cache = CohortSpec.parse(text), Path(CACHE_NAME)
+    elif text.endswith(".json"):
+        spec, cache = CohortSpec.read(Path(text)), Path(text).parent / CACHE_NAME
+    if spec is not None:
+        if layout != DatasetFormat.PHANTOM or labels is not None or columns is not None:
+            raise ValueError("a phantom specification takes no --format, --labels or --columns")
+        stream = StreamedCohort(spec)
+        return Data(stream, cache, text, stream.describe())
+    dataset = load_dataset(Path(text), layout, labels, columns)
+    return Data(dataset.breasts, Path(text) / CACHE_NAME, text, dataset.summary(),
+                tuple(dataset.notes()))
+
+
+def streamed(data: list[Breast] | StreamedCohort, crs: list[float], preprocessing: Preprocessing,
+             cache: Path, workers: int = 1, events: Events | None = None) -> list[Breast]:
+    """The breasts of `data`: a list as it is; a phantom cohort streamed into `cache` first, its
+    views preprocessed at the CRs of `crs` they reach (a study already there is not generated
+    again), reporting views through `events.preprocess`. ValueError says why it failed."""
+    if not isinstance(data, StreamedCohort):
+        return data
+    kept = list(reachable(data, crs).kept)
+    try:
+        return data.stream(kept, preprocessing, cache, workers, (events or Events()).preprocess)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"streaming the phantom cohort failed: {exc}") from exc
+
+
+def reachable(breasts: list[Breast] | StreamedCohort, crs: list[float],
+              events: Events | None = None) -> Reach:
+    """The CRs of `crs` that every view of `breasts` (or of a streamed cohort) can be compressed
+    at (`Reach.kept`).
 
     A CR out of reach for any view (small images cannot reach the highest CRs) is skipped for
     the whole dataset, with one line to the user: kept for the larger views only, it would train
     and test the models on other breasts at that CR than at the others, and the paired tests
     compare the same breasts. ValueError, naming the highest CR every view reaches, when no CR
     asked remains."""
-    reach = cr_reach(breasts, crs)
+    reach = breasts.reach(crs) if isinstance(breasts, StreamedCohort) else cr_reach(breasts, crs)
     if reach.skipped:
         named = ", ".join(f"{c:g}" for c in reach.skipped)
         if not reach.kept:
@@ -225,22 +282,27 @@ def train_classifier(breasts: list[Breast], crs: list[float], out: Path, cache: 
                         result.best_epoch, result.best_validation_auroc, threshold, rule, tested)
 
 
-def train(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *, nproc: int = 1,
-          network: Network | None = None, options: TrainOptions | None = None,
+def train(breasts: list[Breast] | StreamedCohort, crs: list[float], out: Path, cache: Path, *,
+          nproc: int = 1, network: Network | None = None, options: TrainOptions | None = None,
           preprocessing: Preprocessing | None = None, workers: int = 1,
           events: Events | None = None) -> TrainedModel:
     """`dicomcr train`: `train_classifier`, started the way the process is asked to. With `nproc`
     1, in this process, or as one rank of DDP when torchrun started it (each machine's torchrun
     runs `dicomcr train`, README); with `nproc` >= 2 outside torchrun, on `nproc` processes of
     this machine that it starts under torchrun (`distributed.launch`), their lines passed to
-    `events.note`. ValueError, before any work, for an `nproc` that cannot be honoured and a
-    device this machine lacks."""
+    `events.note`. A streamed phantom cohort is streamed here first (`streamed`; under a
+    torchrun of several machines, by each). ValueError, before any work, for an `nproc` that
+    cannot be honoured, a device this machine lacks and an output it cannot write."""
     network, options = network or Network(), options or TrainOptions()
     events = events or Events()
     if nproc != 1 and (World.from_env() is not None or nproc < 1):
         raise ValueError(f"--nproc {nproc}: give N >= 2, outside torchrun (under torchrun its own "
                          "--nproc-per-node says it)")
     pick_device(options.device)
+    output_file(out)
+    if isinstance(breasts, StreamedCohort):  # too few patients: said before any study is made
+        split_patients(*breasts.patients(), options.seed)
+    breasts = streamed(breasts, crs, preprocessing or Preprocessing(), cache, workers, events)
     if nproc == 1:
         return train_classifier(breasts, crs, out, cache, network=network, options=options,
                                 preprocessing=preprocessing, workers=workers, events=events)
@@ -255,7 +317,7 @@ def quick_model(cohort: Path, out: Path, epochs: int, cr: float = 20.0,
     views, shrunk to 256 x 256 for speed; it classifies studies of the same geometry (the demo
     sends small studies; a full-size one does not fit its canvas and is refused). A model for
     the plumbing, not a reproduction of the paper."""
-    return train_classifier(read_phantom_labels(cohort), [cr], out, cohort / ".dicomcr-cache",
+    return train_classifier(read_phantom_labels(cohort), [cr], out, cohort / CACHE_NAME,
                             options=TrainOptions(epochs=epochs),
                             preprocessing=Preprocessing(input_size=(256, 256)), workers=2,
                             events=events)
@@ -372,14 +434,16 @@ class CVRun:
     reused: int  # folds finished before and loaded
 
 
-def run_cv(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *, folds: int = 5,
+def run_cv(breasts: list[Breast] | StreamedCohort, crs: list[float], out: Path, cache: Path, *,
+           folds: int = 5,
            cross: bool = False, augment: bool = False, saliency: bool = False,
            network: Network | None = None, options: TrainOptions | None = None,
            preprocessing: Preprocessing | None = None, workers: int = 1,
            events: Events | None = None, source: str = "",
            executor: CellExecutor | None = None) -> CVRun:
     """Table 1 (each M-CRx at x), with `cross` Table 2 (every model at every CR), with `augment`
-    Fig. 4 (M-CR1-x); `saliency` scores Grad-CAM against the lesion masks. Results go to `out`:
+    Fig. 4 (M-CR1-x); `saliency` scores Grad-CAM against the lesion masks. `breasts` may be a
+    phantom cohort to stream into `cache` (`streamed`), at the CRs of the run. Results go to `out`:
     finished folds there (same inputs) are reused, not retrained, whichever executor computed
     them. None: defaults as in `train_classifier`; `source` names the data in results.json;
     `executor` computes the cache and the cells (default `LocalExecutor()`: here, one after
@@ -391,10 +455,13 @@ def run_cv(breasts: list[Breast], crs: list[float], out: Path, cache: Path, *, f
     crs = list(reach.kept)
     plans = cvlib.plan_models(crs, cross, augment)
     architecture, weights = _network(network, events)
+    if isinstance(breasts, StreamedCohort):  # too few patients: said before any study is made
+        cvlib.cv_folds(*breasts.patients(), folds, options.seed)
+    output_folder(out)
+    breasts = streamed(breasts, crs, preprocessing, cache, workers, events)
     patient_of = [b.patient_id for b in breasts]
     labels = np.array([b.malignant for b in breasts])
     fold_list = cvlib.cv_folds(patient_of, labels.tolist(), folds, options.seed)
-    output_folder(out)
     inputs = preprocess(breasts, crs, preprocessing, cache, workers, events, executor)
     p = inputs.preprocessing
     masks = {}

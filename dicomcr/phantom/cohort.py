@@ -12,12 +12,13 @@ OUT must be empty (or absent): with `force`, a cohort already there is replaced.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -31,7 +32,7 @@ from dicomcr.data.dataset import PHANTOM_DICOM, PHANTOM_MASKS, Finding
 from dicomcr.outputs import output_folder
 
 from .params import DETECTORS, CohortMix, Difficulty, Tissue
-from .study import PhantomStudy, generate_study
+from .study import PhantomStudy, PhantomView, generate_study
 
 LABEL_COLUMNS = (
     "patient_id", "study_instance_uid", "laterality", "finding", "malignant", "lesion_types",
@@ -72,6 +73,13 @@ class DifficultyName(StrEnum):
         return next((member for member in cls if member.value == text), None)
 
 
+SPEC_KEYS = ("studies", "seed", "size", "vendor", "difficulty", "mix")
+SPEC_FORM = ("phantom:studies=N[,seed=S][,size=full|small][,vendor=hologic|ge|mixed]"
+             "[,difficulty=physical|conspicuous][,mix=NORMAL/BENIGN/MALIGNANT]")
+"""A cohort spec in one word (`CohortSpec.parse`): the knobs of `dicomcr phantom`, its defaults,
+and the shares of the finding mix (default 0.62/0.19/0.19)."""
+
+
 @dataclass(frozen=True)
 class CohortSpec:
     """Everything that determines a cohort: the same spec always writes the same bytes."""
@@ -94,6 +102,90 @@ class CohortSpec:
             if value not in tuple(kind):
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(kind)}")
             object.__setattr__(self, name, kind(value))  # a plain "ge" becomes Vendor.GE
+
+    @classmethod
+    def parse(cls, text: str) -> CohortSpec:
+        """The spec named by `SPEC_FORM`, e.g. 'phantom:studies=1500,seed=2026,size=small';
+        ValueError, in one line that shows the form, for anything else."""
+        def bad(reason: str) -> ValueError:
+            return ValueError(f"{text}: {reason}; a phantom specification reads {SPEC_FORM}")
+
+        kind, _, body = text.partition(":")
+        if kind.strip().lower() != "phantom":
+            raise bad("not a phantom specification")
+        values: dict[str, str] = {}
+        for part in (p.strip() for p in body.split(",") if p.strip()):
+            name, sep, value = (x.strip() for x in part.partition("="))
+            if not sep or name not in SPEC_KEYS or name in values:
+                raise bad(f"{part!r} is not name=value with name one of {', '.join(SPEC_KEYS)}, "
+                          f"each once")
+            values[name] = value
+        if "studies" not in values:
+            raise bad("the number of studies is missing")
+        try:
+            numbers = {k: int(values[k]) for k in ("studies", "seed") if k in values}
+        except ValueError:
+            raise bad("studies and seed are whole numbers") from None
+        try:
+            mix = tuple(float(v) for v in values["mix"].split("/")) if "mix" in values else None
+        except ValueError:
+            mix = ()
+        if mix is not None and len(mix) != 3:
+            raise bad("mix is three shares, normal/benign/malignant, e.g. 0.62/0.19/0.19")
+        try:
+            return cls(numbers["studies"], numbers.get("seed", 0),
+                       values.get("size", Size.FULL.value).lower(),  # checked by the spec
+                       values.get("vendor", Vendor.MIXED.value).lower(),
+                       Difficulty.named(values.get("difficulty", DifficultyName.PHYSICAL.value)),
+                       CohortMix(*mix) if mix is not None else CohortMix())
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+
+    @classmethod
+    def read(cls, path: Path) -> CohortSpec:
+        """The spec a cohort's phantom.json records (`document`); ValueError in one line."""
+        try:
+            document = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is not JSON: {exc}") from exc
+        try:
+            difficulty = {k: v for k, v in document["difficulty"].items() if k != "name"}
+            tissue = {k: v for k, v in document["tissue"].items() if k != "units"}
+            return cls(document["n_studies"], document["seed"], document["size"],
+                       document["vendor"], Difficulty(**difficulty), CohortMix(**document["mix"]),
+                       Tissue(**tissue))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{path} is not a phantom cohort's phantom.json ({type(exc).__name__}: "
+                             f"{exc})") from exc
+
+    def document(self) -> dict:
+        """What phantom.json records: the spec (all that reproduces the cohort), the tissue
+        constants and the constants of its detectors at full size."""
+        vendors = dict.fromkeys(self.vendor_of(i) for i in range(self.n_studies))
+        return {
+            "generator": f"dicomcr {__version__}",
+            "n_studies": self.n_studies, "seed": self.seed, "size": self.size.value,
+            "vendor": self.vendor.value,
+            "difficulty": {"name": self.difficulty.name, **asdict(self.difficulty)},
+            "mix": asdict(self.mix),
+            "tissue": {"units": "attenuation in 1/mm near 20 keV, thickness in mm, fluence in "
+                                "photons per mm^2 behind the breast", **asdict(self.physics)},
+            "detectors": {v: asdict(DETECTORS[v]) for v in vendors},  # at full size
+        }
+
+    @property
+    def key(self) -> str:
+        """A readable name unique to the spec (its numbers, a hash of everything)."""
+        document = {k: v for k, v in self.document().items() if k != "generator"}
+        digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.n_studies}-{self.size.value}-{self.vendor.value}-seed{self.seed}-{digest}"
+
+    def study(self, index: int, finding: str) -> PhantomStudy:
+        """Study `index` of the cohort, whose finding is `finding` (`findings()[index]`)."""
+        return generate_study(self.seed, index, finding, self.vendor_of(index), self.size.value,
+                              self.difficulty, self.physics)
 
     def findings(self) -> list[str]:
         """The finding of each study: exact counts from the mix, in a seeded random order."""
@@ -124,21 +216,34 @@ class StudyRecord:
 def write_study(spec: CohortSpec, index: int, finding: str, out: Path) -> StudyRecord:
     """Generate study `index` and write its DICOM files and masks into the cohort folder `out`."""
     start = time.perf_counter()
-    vendor = spec.vendor_of(index)
-    study = generate_study(spec.seed, index, finding, vendor, spec.size.value, spec.difficulty,
-                           spec.physics)
-    dicom, masks = (out / tree / study.patient_id for tree in (PHANTOM_DICOM, PHANTOM_MASKS))
+    study = spec.study(index, finding)
+    dicom = out / PHANTOM_DICOM / study.patient_id
     dicom.mkdir(parents=True, exist_ok=True)
-    masks.mkdir(parents=True, exist_ok=True)
     for number, view in enumerate(study.views, start=1):
         study.dataset(view, number).save_as(dicom / f"{view.name}.dcm", enforce_file_format=True)
-        Image.fromarray(view.lesion_mask.astype(np.uint8) * 255).save(
-            masks / f"{view.name}.png", optimize=False, compress_level=1)
-    return StudyRecord(study.patient_id, finding, vendor, study.photometric,
-                       time.perf_counter() - start, _label_rows(study))
+        save_mask(view, out / PHANTOM_MASKS / study.patient_id)
+    return StudyRecord(study.patient_id, finding, spec.vendor_of(index), study.photometric,
+                       time.perf_counter() - start, label_rows(study))
 
 
-def _label_rows(study: PhantomStudy) -> tuple[dict[str, str], ...]:
+def save_mask(view: PhantomView, folder: Path, compress_level: int = 1) -> None:
+    """The view's lesion mask as folder/<view>.png (255 = lesion, the view's grid); level 1 is
+    fast, 9 a quarter of the bytes (60 and 13 KB for a full-size Hologic view)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(view.lesion_mask.astype(np.uint8) * 255).save(
+        folder / f"{view.name}.png", optimize=False, compress_level=compress_level)
+
+
+def write_labels(path: Path, rows: Iterable[dict[str, str]]) -> None:
+    """labels.csv: a header of LABEL_COLUMNS, then `rows`."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LABEL_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def label_rows(study: PhantomStudy) -> tuple[dict[str, str], ...]:
+    """The two rows of labels.csv of a study, one per breast, paths relative to the cohort."""
     rows = []
     for side in ("L", "R"):
         truth = study.breasts[side]
@@ -236,21 +341,8 @@ def write_cohort(
         if progress is not None:
             progress(len(records), spec.n_studies)
     records.sort(key=lambda r: r.patient_id)
-    with open(out / "labels.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LABEL_COLUMNS)
-        writer.writeheader()
-        for record in records:
-            writer.writerows(record.rows)
-    (out / "phantom.json").write_text(json.dumps({
-        "generator": f"dicomcr {__version__}",
-        "n_studies": spec.n_studies, "seed": spec.seed, "size": spec.size.value,
-        "vendor": spec.vendor.value,
-        "difficulty": {"name": spec.difficulty.name, **asdict(spec.difficulty)},
-        "mix": asdict(spec.mix),
-        "tissue": {"units": "attenuation in 1/mm near 20 keV, thickness in mm, fluence in "
-                            "photons per mm^2 behind the breast", **asdict(spec.physics)},
-        "detectors": {r.vendor: asdict(DETECTORS[r.vendor]) for r in records},  # at full size
-    }, indent=2) + "\n")
+    write_labels(out / "labels.csv", (row for record in records for row in record.rows))
+    (out / "phantom.json").write_text(json.dumps(spec.document(), indent=2) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     elapsed = time.perf_counter() - start
     return CohortSummary(

@@ -237,6 +237,7 @@ def generate_study(
         raise ValueError(f"seed and index must be non-negative, got {seed}, {index}")
     difficulty = difficulty or Difficulty()
     physics = physics or Tissue()
+    forced = f"{photometric or ''}:{','.join(lesion_kinds or ())}"  # what a caller imposed
     detector = DETECTORS[vendor]
     if size == "small":
         detector = detector.scaled_down(SMALL_FACTOR)
@@ -285,7 +286,11 @@ def generate_study(
         patient_id=f"PH{seed}-{index:05d}", patient_name=f"PHANTOM^S{seed}N{index:05d}",
         birth_date=birth_date, study_date=study_date, study_time=study_time, density=density,
         thickness_mm={k: round(s.thickness_mm, 1) for k, s in shapes.items()},
-        breasts=breasts, views=views, variant=f"{vendor}/{size}/{difficulty}/{physics}",
+        breasts=breasts, views=views,
+        # Everything that shapes the pixels names the UIDs: two cohorts of one seed whose mixes
+        # give study `index` another finding (or a forced lesion kind or polarity) must never
+        # share a UID, since caches key crops by SOP Instance UID.
+        variant=f"{vendor}/{size}/{difficulty}/{physics}/{finding}/{forced}",
     )
 
 

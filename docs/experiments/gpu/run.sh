@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The script for a GPU session (prepared for an H200 with 16 cores and 15 minutes of device time,
 # one call; not run yet: the session it was written in was lent no machine): the CUDA lines of
-# bench/train.py and bench/cv.py, then a phantom cohort and a cv at the paper's 30 % pitch on
-# CUDA, then the same cohort at 512 and 256 while time is left. Tried end to end on the CPU
+# bench/train.py and bench/cv.py, then a cv at the paper's 30 % pitch on CUDA of a phantom cohort
+# streamed into the cache (each study generated, preprocessed at both CRs and dropped: the disk
+# holds the cache, about 13 MB per full-size study at two CRs, never 70 MB of DICOM per study, so
+# the run is bounded by time, not disk), then the same cohort at 512 and 256 while time is left
+# (its crops reused from the cache, no study generated again). Tried end to end on the CPU
 # (DEVICE=cpu, 20 studies, 2 epochs, 3 folds) in an environment made of the GPU image's packages.
 # Run from the repository root; the carried wheels (.whl) supply what the machine's image lacks.
 # Everything a step finishes is copied to $OUT before the next starts, so a step cut short by the
@@ -41,13 +44,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 python3 -c "import torch, numpy; print('torch', torch.__version__, 'numpy', numpy.__version__,
 'cuda', torch.cuda.is_available(), torch.get_num_threads(), 'threads')" || exit 1
 
-# the roomiest of /tmp, $HOME and here; a full-size study takes about 70 MB, its cache 10 MB
+# the roomiest of /tmp, $HOME and here; a streamed full-size study leaves 13 MB in the cache at
+# the paper's pitch and two CRs (bench/phantom_disk.py), about 3 MB more for the runs at 512 and
+# 256: 20 MB with room
 read -r AVAIL MOUNT < <(df --output=avail,target /tmp "$HOME" "$PWD" | tail -n +2 | sort -n |
                         tail -1)
 EXP=${MOUNT%/}/dicomcr-gpu
 mkdir -p "$EXP"
-FITS=$(((AVAIL / 1000000 - 8) * 1000 / 80))
+FITS=$(((AVAIL / 1000000 - 8) * 1000 / 20))
 [ "$FITS" -lt "$STUDIES" ] && STUDIES=$FITS
+DATA="phantom:studies=$STUDIES,seed=2026,size=$SIZE"  # streamed into $EXP/cache, never written
 log "working in $EXP: $((AVAIL / 1000000)) GB free, $STUDIES studies"
 
 if [ "$BENCH" = 1 ]; then
@@ -62,19 +68,15 @@ pack() {  # one results folder as one file under $OUT (model files stay behind: 
     log "packed $1: $(du -h "$OUT/$1.tgz" | cut -f1)"
 }
 
-log "phantom: $STUDIES studies"
-timeout "$(left)" python3 -m dicomcr phantom "$EXP/cohort" --studies "$STUDIES" --seed 2026 \
-    --size "$SIZE" --force || exit 1
-cp "$EXP/cohort/labels.csv" "$OUT/labels.csv"
-du -sh "$EXP/cohort"
-
 for size in paper 512 256; do
     if [ "$(left)" -lt 60 ]; then log "no time left for $size"; break; fi
     opts=(); [ "$size" != paper ] && opts=(--input-size "$size")
-    log "cv at $size, CR 1 and 11000, --cross, $DEVICE"
-    timeout "$(($(left) - 15))" python3 -m dicomcr cv "$EXP/cohort" --cr 1 --cr 11000 --cross \
-        --device "$DEVICE" "${opts[@]}" $EXTRA --out "$EXP/cnn3-$size"
+    log "cv at $size, CR 1 and 11000, --cross, $DEVICE, on $DATA"
+    timeout "$(($(left) - 15))" python3 -m dicomcr cv "$DATA" --cache "$EXP/cache" --cr 1 \
+        --cr 11000 --cross --device "$DEVICE" "${opts[@]}" $EXTRA --out "$EXP/cnn3-$size"
     log "cv at $size: exit $?"
+    cp "$EXP"/cache/phantom-*/labels.csv "$OUT/labels.csv" 2>/dev/null
+    du -sh "$EXP/cache"
     pack "cnn3-$size"
 done
 log "done"
