@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dicomcr import __version__
-from dicomcr.audit.verdicts import FailOn
+from dicomcr.audit.verdicts import DetectabilityMode, FailOn
 from dicomcr.codec.j2k import parse_crs
 from dicomcr.data.dataset import DatasetFormat, load_dataset
 from dicomcr.experiments.placement import Executor
@@ -247,6 +247,10 @@ def send(
 # Options the experiment commands share: where the data are and how they are read, what trains.
 DataOpt = Annotated[Path, typer.Argument(help="The image folder (a phantom cohort, or the DICOM folder "
                                               "that --labels refers to).")]
+SourceOpt = Annotated[str, typer.Argument(help=(
+    "The image folder (a phantom cohort, or the DICOM folder that --labels refers to), or a phantom cohort "
+    "to stream into the cache, never written: phantom:studies=N[,seed=S][,size=..][,vendor=..]"
+    "[,difficulty=..][,mix=N/B/M], or a cohort's phantom.json."))]
 FormatOpt = Annotated[DatasetFormat, _choice(DatasetFormat, "dataset format", "How DATA is labelled: "
                                              "phantom (DATA/labels.csv), csv, rsna or vindr.", "--format")]
 LabelsOpt = Annotated[Path | None, typer.Option("--labels", help="The labels CSV (csv, rsna: train.csv, "
@@ -255,7 +259,8 @@ ColumnsOpt = Annotated[str | None, typer.Option("--columns", help=(
     "For --format csv: patient=COL,laterality=COL,view=COL,label=COL,path=TEMPLATE[,positive=V1|V2]"
     "[,finding=COL], e.g. path={pid}/{img}.dcm; positive: the label values that mean malignant "
     "(default 1)."))]
-CacheOpt = Annotated[Path | None, typer.Option(help="Preprocessed-input cache; default DATA/.dicomcr-cache.")]
+CacheOpt = Annotated[Path | None, typer.Option(help="Preprocessed-input cache; default DATA/.dicomcr-cache "
+                                                "(a phantom to stream: beside its phantom.json, or here).")]
 ArchOpt = Annotated[Architecture, _choice(Architecture, "architecture", "cnn3 (paper), resnet18.", "--arch")]
 ImagenetOpt = Annotated[Path | None, typer.Option(help="ResNet18 ImageNet weights (a torchvision .pth); "
                                                   "default: the local torch cache.")]
@@ -288,6 +293,18 @@ def _dataset(data: Path, layout: DatasetFormat, labels: Path | None, columns: st
     return dataset.breasts
 
 
+def _source(data: str, layout: DatasetFormat, labels: Path | None, columns: str | None):
+    """DATA as `open_data` reads it (a folder, or a phantom to stream); what was left out, in a few lines."""
+    from dicomcr.experiments.run import open_data
+
+    with refused(FileNotFoundError):
+        source = open_data(data, layout, labels, columns)
+    for line in source.notes:
+        _say(line)
+    console.print(source.summary, markup=False, highlight=False)
+    return source
+
+
 def _setup(arch: Architecture, imagenet: Path | None, epochs: int, batch_size: int, seed: int,
            device: Device, input_size: int | None):
     """(network, train options, preprocessing) of the options train and cv share, or exit 2."""
@@ -318,7 +335,7 @@ def _cv_events(bar: Progress, folds: int):
 
 @commands.command()
 def train(
-    data: DataOpt,
+    data: SourceOpt,
     out: Annotated[Path, typer.Option("--out", help="The model file to write (.dcmcr).")],
     cr: Annotated[list[str] | None, typer.Option("--cr", help="The CR to train at (1: original).")] = None,
     cr_mix: Annotated[list[str] | None, typer.Option("--cr-mix", help=f"A CR mixture ({CR_FORMS}).")] = None,
@@ -342,12 +359,12 @@ def train(
         fail(f"--cr names one CR, got {', '.join(f'{c:g}' for c in crs)}: for a mixture use --cr-mix")
     network, options, p = _setup(arch, imagenet_weights, epochs, batch_size, seed, device, input_size)
     console.quiet = not distributed.reports()  # under torchrun, rank 0 alone speaks
-    breasts = _dataset(data, layout, labels_csv, columns)
+    source = _source(data, layout, labels_csv, columns)
     with refused(), _bars() as bar:
         pre, fit = _meter(bar, "preprocess", VIEWS), _meter(bar, "train", "epochs")
         events = run.Events(note=_say, preprocess=pre, epoch=lambda r: fit(
             r["epoch"], epochs, f"loss {r['loss']:.3f} val AUROC {r['val_auroc']:.3f}"))
-        trained = run.train(breasts, crs, out, cache or data / ".dicomcr-cache", nproc=nproc,
+        trained = run.train(source.source, crs, out, cache or source.cache, nproc=nproc,
                             network=network, options=options, preprocessing=p, workers=_workers(workers),
                             events=events)
     if not console.quiet:
@@ -398,7 +415,7 @@ def evaluate(
 
 @commands.command()
 def cv(
-    data: DataOpt,
+    data: SourceOpt,
     out: Annotated[Path, typer.Option("--out", help="Results folder (its finished folds are reused).")],
     cr: Annotated[list[str] | None, _cr_option("The CRs to train at; default: paper")] = None,
     folds: Annotated[int, typer.Option(help="Number of folds.")] = 5,
@@ -422,12 +439,12 @@ def cv(
         cells = placement.ExecutorChoice(executor, address, cell_cpus)
     crs = _crs(cr or ["paper"])
     network, options, p = _setup(arch, imagenet_weights, epochs, batch_size, seed, device, input_size)
-    breasts = _dataset(data, layout, labels_csv, columns)
+    source = _source(data, layout, labels_csv, columns)
     with refused(RayUnavailable), _bars() as bar, cells.open() as here:
         events, meter = _cv_events(bar, folds)
-        run = run_cv(breasts, crs, out, cache or data / ".dicomcr-cache", folds=folds, cross=cross,
+        run = run_cv(source.source, crs, out, cache or source.cache, folds=folds, cross=cross,
                      augment=augment, saliency=saliency, network=network, options=options,
-                     preprocessing=p, workers=_workers(workers), events=events, source=str(data),
+                     preprocessing=p, workers=_workers(workers), events=events, source=source.name,
                      executor=here)
         meter(len(run.plans) * folds, len(run.plans) * folds)
     if run.reused:
@@ -439,16 +456,15 @@ def cv(
 
 @commands.command()
 def report(
-    results: Annotated[Path, typer.Argument(help="A results folder written by dicomcr cv.")],
+    results: Annotated[Path, typer.Argument(help="A results folder of dicomcr cv or dicomcr detectability.")],
     out: Annotated[Path | None, typer.Option("--out", help="HTML file; default RESULTS/report.html.")] = None,
 ) -> None:
-    """One self-contained HTML page (viewable offline) with the tables and figures of a cv run."""
-    from dicomcr.experiments.report import ReportError, write_report
+    """One self-contained HTML page (viewable offline) with the tables and figures of a results folder."""
+    from dicomcr.audit.pages import write_results_report
 
     check_writable(out)
-    with refused(ReportError):
-        write_report(results, out or results / "report.html")
-    Console().print(f"report: {out or results / 'report.html'}")
+    with refused():
+        Console().print(f"report: {write_results_report(results, out)}")
 
 
 @commands.command()
@@ -472,45 +488,60 @@ def saliency(
 
 
 @commands.command()
+def detectability(
+    out: Annotated[Path, typer.Argument(help="Results folder (a rerun measures only views not yet done).")],
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer pairs, one size, wider intervals.")] = False,
+    cr: Annotated[list[str] | None, _cr_option("CRs to measure; default: paper")] = None,
+    vendor: Annotated[list[str] | None, typer.Option(help="hologic or ge; default: both.")] = None,
+    finding: Annotated[list[str] | None, typer.Option(help="A finding type; default: all.")] = None,
+    workers: WorkersOpt = 0,
+) -> None:
+    """What each CR takes away from each finding type: model observers' d' and AUC with 95% CIs."""
+    from dicomcr.audit.detectability import detectability_spec, onset_table
+    from dicomcr.observers import run_detectability
+
+    with refused(), _bars() as bar:
+        spec = detectability_spec(quick, _crs(cr) if cr else None, vendor, finding)
+        done = run_detectability(spec, out, _workers(workers), _meter(bar, "detectability", "view pairs"))
+    Console().print(onset_table(done))
+
+
+@commands.command()
 def audit(
     folders: Annotated[list[Path] | None, typer.Argument(help="DICOM folders to audit.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="A node's node.yaml: its sites, job store "
                                                 "and storage.")] = None,
-    site_map: Annotated[Path | None, typer.Option(help="CSV folder,site[,guideline]: each folder's site.")
-                        ] = None,
-    results: Annotated[Path | None, typer.Option(help="`dicomcr cv --cross` results (folder or JSON).")
-                       ] = None,
+    site_map: Annotated[Path | None, typer.Option(help="CSV folder,site[,guideline].")] = None,
+    results: Annotated[Path | None, typer.Option(help="cv --cross results (folder or JSON).")] = None,
     model: Annotated[Path | None, typer.Option(help="The deployed model of folder sites (a node's sites: "
                                                "their configured one).")] = None,
     guideline: Annotated[str | None, typer.Option(help="Judge every site against this guideline (UK, DE, "
-                                                  "CA); default: against all.")] = None,
+                                                  "CA, US); default: against all.")] = None,
     guidelines: Annotated[Path | None, typer.Option(help="Your own guideline table (CSV: key, body, "
-                                                    "modality, max_cr, source).")] = None,
+                                                    "modality, max_cr, source[, limit, ...]).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the audit as JSON.")] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="Write the audit as HTML.")] = None,
     fail_on: Annotated[FailOn | None, _choice(FailOn, "--fail-on value", (
-        "Exit 1 when a site shows a 'violation' (guideline or DICOM rules) or 'degraded' model; an "
-        "unreadable --results is then an error."))] = None,
+        "Exit 1 when a site shows a 'violation' (guideline or DICOM rules), a 'degraded' model (or one that "
+        "cannot judge), a finding 'lost' or a 'degraded-detectability' (degraded or lost)."))] = None,
     same_data: Annotated[bool, typer.Option("--same-data", help=(
-        "The --results come from the sites' own data, although their data fingerprint differs from the "
-        "deployed model's."))] = False,
+        "The --results are the sites' own data, whatever their data fingerprint."))] = False,
+    detectability: Annotated[DetectabilityMode, _choice(DetectabilityMode, "--detectability value", (
+        "Model observers at each site's highest CR: quick, full or off; runs cached in "
+        "$DICOMCR_DETECTABILITY_CACHE, else ~/.cache/dicomcr/detectability."))] = DetectabilityMode.QUICK,
 ) -> None:
-    """Audit the compression of every site: achieved CRs, DICOM rules, guidelines, the model."""
-    from dicomcr.audit.report import file_lines, terminal_table, write_html, write_json
+    """Audit every site's compression: achieved CRs, DICOM rules, guidelines, the model, detectability."""
+    from dicomcr.audit.report import file_lines, terminal_table
     from dicomcr.audit.sites import run_audit
 
     check_writable(json_out, html_out)
-    with refused():
+    with refused(), _bars() as bar:
         done = run_audit(folders or [], config, site_map=site_map, results=results, model=model,
-                         guideline=guideline, guidelines=guidelines, fail_on=fail_on, same_data=same_data)
+                         guideline=guideline, guidelines=guidelines, fail_on=fail_on, same_data=same_data,
+                         detectability=detectability, progress=_meter(bar, "detectability", "view pairs"))
     Console().print(terminal_table(done.sites))
-    for line in file_lines(done.sites):
-        console.print(line, markup=False, highlight=False)
-    for line in done.problems:
+    for line in [*file_lines(done.sites), *done.problems, *done.write(json_out, html_out)]:
         _say(line)
-    for kind, path, write in (("json", json_out, write_json), ("html", html_out, write_html)):
-        if path is not None:
-            write(done.sites, done.problems, done.guidelines, path)
-            console.print(f"{kind}: {path}")
-    if done.fails(fail_on):
+    if reasons := done.reasons(fail_on):
+        _say("\n".join(f"--fail-on {fail_on}: {line}" for line in reasons))
         raise typer.Exit(code=1)

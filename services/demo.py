@@ -9,7 +9,10 @@ achieved CRs, probabilities, saliency PNGs, the audit. Servers are stopped on ex
 
 The audit judges the model at each site's CR: before the node starts, the demo tests the quick
 model at CR 1 and at both sites' CRs on held-out phantom studies and writes the results folder
-that `dicomcr audit --results` reads (AUROC with DeLong's CI, AUPRC with a bootstrap CI).
+that `dicomcr audit --results` reads (AUROC with DeLong's CI, AUPRC with a bootstrap CI). It
+also judges what each site's CR takes away from each finding type, by the model observers on
+phantom views (the quick task: about half a minute per vendor and CR the first time, cached in
+$DICOMCR_DETECTABILITY_CACHE or ~/.cache/dicomcr/detectability afterwards).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dicomcr.audit.sites import Audit, run_audit
+from dicomcr.audit.verdicts import DetectabilityMode
 from dicomcr.config import Config
 from dicomcr.dicom.report import read_probabilities
 from dicomcr.net.scu import Peer, send
@@ -182,7 +186,9 @@ def run_demo(folder: Path, step: Step, studies: int = 4, train_studies: int = 80
             with step("node: transcoding, classifying, forwarding"):
                 _wait(node, len(patients))
             summary.config = _save_config(config, folder)
-        summary.audit = run_audit(config=summary.config, results=results)
+        with step("audit: the sites, and the model observers at each site's CR (quick; cached)"):
+            summary.audit = run_audit(config=summary.config, results=results,
+                                      detectability=DetectabilityMode.QUICK)
         summary.arrived = _arrived(orthanc, folder / "archive")
         summary.probabilities, summary.pngs = _results(folder / "node" / "derived", folder)
         if on_summary is not None:
@@ -245,9 +251,10 @@ def _results(derived: Path, folder: Path) -> tuple[dict[str, dict[str, float]], 
 
 
 def summary_view(summary: DemoSummary) -> Group:
-    """What the demo did, then the audit of its sites with the model verdict at each site's CR,
-    readable at 80 columns (a log, CI, a small window): folders (inside the demo folder, relative
-    to it), what arrived at the PACS, the probabilities, the saliency PNGs, the model's test."""
+    """What the demo did, then the audit of its sites with the model verdict and the observers'
+    detectability at each site's CR, readable at 80 columns (a log, CI, a small window): folders
+    (inside the demo folder, relative to it), what arrived at the PACS, the probabilities, the
+    saliency PNGs, the model's test."""
     from dicomcr.audit.report import terminal_table
 
     def inside(path: Path | None) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from peers import RabbitMQ
 
+from dicomcr.audit.detectability import CACHE_ENV
 from dicomcr.phantom import CohortSpec, write_cohort
 
 
@@ -48,3 +50,17 @@ def rabbitmq_factory(tmp_path: Path) -> Iterator[Callable[..., RabbitMQ]]:
     yield make
     for broker in made:
         broker.close()
+
+
+@pytest.fixture(scope="session")
+def detectability_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's observer cache, named by $DICOMCR_DETECTABILITY_CACHE while the session runs
+    (so that every audit of the session, in this process or a child, fills and reads it)."""
+    folder = tmp_path_factory.mktemp("detectability-cache")
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before

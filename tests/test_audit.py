@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import shutil
@@ -25,11 +26,12 @@ from dicomcr.audit.audit import (
 from dicomcr.audit.facts import UnreadableFile, read_facts
 from dicomcr.audit.report import syntax_name, terminal_table
 from dicomcr.audit.sites import Audit, run_audit
-from dicomcr.audit.verdicts import FailOn, GuidelineStatus, ModelStatus
+from dicomcr.audit.verdicts import FailOn, GuidelineLimit, GuidelineStatus, ModelStatus
 from dicomcr.cli import app
 from dicomcr.models import CNN3, CNN3Spec
 from dicomcr.models.modelfile import ModelInfo, save_model
 
+pytestmark = pytest.mark.usefixtures("detectability_cache")  # audits measure detectability
 runner = CliRunner()
 J2K = "1.2.840.10008.1.2.4.91"
 PREPROCESSING = {"scale": 0.3, "crop_fraction_y": 0.2, "mirror_right": True,
@@ -68,8 +70,10 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_verdicts_on_known_inputs(tmp_path: Path) -> None:
     table = load_guidelines()
-    # Germany 15: the DRG consensus itself (the paper's 20 was second-hand; docs/guidelines.md)
-    assert [(g.key, g.max_cr) for g in table] == [("UK", 15), ("DE", 15), ("CA", 25)]
+    # Germany 15: the DRG consensus itself (the paper's 20 was second-hand; docs/guidelines.md);
+    # the US lossless only (FDA, MQSA), the ESR without a ratio of its own
+    assert [(g.key, g.max_cr) for g in table] == [("UK", 15), ("DE", 15), ("CA", 25), ("US", None),
+                                                   ("ESR", None)]
     assert guideline_verdict(20.2, table, None)[0] == "within"  # above UK and DE, within CA
     assert guideline_verdict(15.2, table, "DE")[0] == "within"  # 2 % tolerance
     assert guideline_verdict(20.2, table, "DE") == ("violation", "max CR 20.2: above DE 15")
@@ -81,8 +85,8 @@ def test_verdicts_on_known_inputs(tmp_path: Path) -> None:
     assert model_verdict(results, deployed, 20.1).status == "OK"
     assert model_verdict(results, deployed, 20.1).note == ""
     weak = {**results, "rows": [_row(1, 0.55, 0.30, 0.80), _row(20, 0.54, 0.29, 0.79)]}
-    verdict = model_verdict(weak, deployed, 20)  # nothing to lose: said, not a plain OK
-    assert verdict.status == "OK" and "no better than chance at CR 1" in verdict.note
+    verdict = model_verdict(weak, deployed, 20)  # nothing to lose: it cannot judge, never OK
+    assert verdict.status == "cannot judge" and "no better than chance at CR 1" in verdict.note
     assert model_verdict(results, deployed, 100).status == "degraded"  # 0.75 < 0.82
     assert model_verdict(results, deployed, 500).status == "not validated"
     assert model_verdict(results, {**deployed, "architecture": "resnet18"}, 20).status == \
@@ -357,11 +361,94 @@ def test_run_audit_refuses_before_any_work(tmp_path: Path) -> None:
 
 
 def test_a_guideline_table_may_carry_more_columns(tmp_path: Path) -> None:
-    """The five columns the audit reads; others (method, evidence, note) are left to readers."""
+    """The five columns the audit needs; method, evidence and note are carried to the reports,
+    other columns left to other readers."""
     table = tmp_path / "guidelines.csv"
-    table.write_text("key,body,modality,max_cr,source,evidence,note\n"
-                     "XX,A society,MG,12,Its paper,primary,read in full\n")
-    assert load_guidelines(table) == [Guideline("XX", "A society", "MG", 12.0, "Its paper")]
+    table.write_text("key,body,modality,max_cr,source,evidence,note,page\n"
+                     "XX,A society,MG,12,Its paper,primary,read in full,3\n")
+    assert load_guidelines(table) == [Guideline("XX", "A society", "MG", 12.0, "Its paper",
+                                                evidence="primary", note="read in full")]
     (tmp_path / "short.csv").write_text("key,body\nXX,A society\n")
     with pytest.raises(ValueError, match="not a guideline table with key, body, modality"):
         load_guidelines(tmp_path / "short.csv")
+
+
+def test_a_users_five_column_table_and_the_limit_column(tmp_path: Path) -> None:
+    """A user's own table of the five columns still works (every row a ratio); `limit` takes
+    ratio, lossless-only or no-ratio; a row that cannot be used is one line naming it; UTF-8."""
+    own = tmp_path / "own.csv"
+    own.write_text("key,body,modality,max_cr,source\nFR,Société française de radiologie,MG,10,"
+                   "Its guide\n", encoding="utf-8")
+    [row] = load_guidelines(own)
+    assert (row.key, row.body, row.max_cr, row.limit, row.judged) == (
+        "FR", "Société française de radiologie", 10.0, GuidelineLimit.RATIO, True)
+    assert guideline_verdict(12, [row], "FR") == ("violation", "max CR 12.0: above FR 10")
+    audit = run_audit([tmp_path], guidelines=own, guideline="FR")
+    assert [g.key for g in audit.guidelines] == ["FR"]
+    header = "key,body,modality,max_cr,limit,source\n"
+    for rows, said in (("XX,A,MG,,ratio,S\n", "own.csv:2 (XX): a ratio limit needs max_cr, a number "
+                                               "above 1, got ''"),
+                       ("XX,A,MG,12,lossless-only,S\n", "own.csv:2 (XX): a lossless-only limit has "
+                                                        "no max_cr, got '12'"),
+                       ("XX,A,MG,,lossy,S\n", "own.csv:2 (XX): limit 'lossy'; choose from ratio, "
+                                              "lossless-only, no-ratio")):
+        own.write_text(header + rows)
+        with pytest.raises(ValueError) as refused:
+            load_guidelines(own)
+        assert str(refused.value) == f"{tmp_path}/{said}"
+
+
+def test_the_esr_row_is_shown_never_judged(tmp_path: Path) -> None:
+    table = load_guidelines()
+    esr = next(g for g in table if g.key == "ESR")
+    assert (esr.limit, esr.max_cr, esr.judged, esr.evidence) == ("no-ratio", None, False, "secondary")
+    assert "ESR" not in guideline_verdict(30, table, None)[1]
+    with pytest.raises(ValueError, match="guideline ESR gives no ratio"):
+        run_audit([tmp_path], guideline="ESR")
+    site_map = tmp_path / "sites.csv"
+    site_map.write_text(f"folder,site,guideline\n{tmp_path},clinic,ESR\n")
+    audit = run_audit([tmp_path], site_map=site_map)
+    assert "site clinic: guideline ESR gives no ratio; judged against all" in audit.problems
+    out = tmp_path / "audit.json"
+    result = runner.invoke(app, ["audit", str(tmp_path), "--json", str(out), "--html",
+                                 str(tmp_path / "audit.html"), "--detectability", "off"])
+    assert result.exit_code == 0, result.output
+    rows = {g["key"]: g for g in json.loads(out.read_text())["guidelines"]}
+    assert (rows["ESR"]["limit"], rows["ESR"]["judged"], rows["US"]["limit"]) == (
+        "no-ratio", False, "lossless-only")
+    assert rows["DE"]["method"] == "JPEG; JPEG 2000" and rows["UK"]["evidence"] == "secondary"
+    page = (tmp_path / "audit.html").read_text(encoding="utf-8")
+    assert "no ratio (shown, not judged)" in page and "lossless only" in page
+    assert html.escape(esr.note) in page
+
+
+def test_a_model_at_chance_cannot_judge_and_fails_the_degraded_gate(small_cohort: Path, model: Path,
+                                                                    tmp_path: Path) -> None:
+    """Its AUROC's CI at CR 1 reaches 0.5: it could not show a loss at the site's CR, so it is
+    "cannot judge", never "OK", and --fail-on degraded fails on it, saying why."""
+    from dicomcr.transcode import transcode_file
+
+    site = tmp_path / "clinic"
+    for path in _study(small_cohort, 0)[:2]:
+        assert transcode_file(path, site, Path(path.name), [20])[0].status == "ok"
+    chance = tmp_path / "chance"
+    chance.mkdir()
+    (chance / "results.json").write_text(json.dumps({
+        "meta": {"architecture": "cnn3", "preprocessing": PREPROCESSING, "data": "cohort",
+                 "data_fingerprint": "x"},
+        "rows": [_row(1, 0.55, 0.42, 0.68), _row(20, 0.56, 0.43, 0.69)]}))
+    out = tmp_path / "audit.json"
+    args = ["audit", str(site), "--model", str(model), "--results", str(chance), "--json", str(out)]
+    result = runner.invoke(app, [*args, "--detectability", "off"])
+    assert result.exit_code == 0, result.output
+    verdict = json.loads(out.read_text())["sites"][0]["model"]
+    assert verdict["status"] == "cannot judge" and verdict["note"] == (
+        "no better than chance at CR 1 (CI reaches 0.5)")
+    assert "cannot judge: M-CR20 AUROC 0.560" in " ".join(result.output.split())
+    gate = runner.invoke(app, [*args, "--fail-on", "degraded", "--detectability", "off"])
+    assert gate.exit_code == 1, gate.output
+    assert ("--fail-on degraded: clinic: M-CR20 cannot judge (no better than chance at CR 1 (CI "
+            "reaches 0.5)): a loss at CR 20 would go unseen") in " ".join(gate.output.split())
+    audit = Audit([SiteAudit("clinic", "20", model=ModelVerdict(ModelStatus.CANNOT_JUDGE, "M-CR20",
+                                                                20, note="chance"))], [], [])
+    assert audit.fails(FailOn.DEGRADED) and not audit.fails(FailOn.VIOLATION)

@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from peers import require
 
 
+@pytest.mark.usefixtures("detectability_cache")  # the audits' observer runs, shared
 def test_the_demo_runs_end_to_end_and_stops_its_servers(tmp_path: Path) -> None:
     require("Orthanc")
     run = subprocess.run([sys.executable, "-m", "services.cli", "demo", str(tmp_path / "demo"),
@@ -44,7 +46,8 @@ def test_the_demo_runs_end_to_end_and_stops_its_servers(tmp_path: Path) -> None:
     model = " ".join(" ".join(table).split())
     for site_cr in ("20", "100"):  # a verdict with AUROC and CI at each site's CR, against CR 1
         assert f") at CR {site_cr} vs " in model, model
-    assert model.split()[0] in ("OK:", "degraded:") and "M-CR20 AUROC" in model
+    # the quick model's CR 1 AUROC CI reaches 0.5 on 30 held-out studies: it cannot judge
+    assert model.split()[0] in ("OK:", "degraded:", "cannot") and "M-CR20 AUROC" in model
 
     # The results the verdicts come from: the quick model at CR 1, 20, 100 on held-out studies.
     results = json.loads((tmp_path / "demo" / "results" / "results.json").read_text())

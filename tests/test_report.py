@@ -90,3 +90,42 @@ def test_a_cv_report_keeps_its_folds(tmp_path: Path) -> None:
     assert "Table 1: each model trained and tested at one CR" in text
     assert text.count("fold mean ± sd") == 3  # the sentence and Table 1's two columns
     assert "held-out" not in text
+
+
+def test_a_detectability_folder_gets_its_own_page(tmp_path: Path) -> None:
+    """`dicomcr report` on the committed full run: the method in two sentences, the figures, and
+    the verdict of each finding x size x pitch at every CR; a cv folder is still a cv page."""
+    from dicomcr.observers import FindingType, load_results
+
+    folder = Path(__file__).resolve().parents[1] / "docs" / "experiments" / "detectability"
+    out = tmp_path / "page.html"
+    result = runner.invoke(app, ["report", str(folder), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert " ".join(result.output.split()) == f"report: {out}"
+    page = out.read_text(encoding="utf-8")
+    assert page.count("data:image/png;base64,") == 2  # d' against CR, and the example ROIs
+    text = " ".join(html.unescape(re.sub(r"<pre>.*?</pre>|<style>.*?</style>|<[^>]+>", " ", page,
+                                         flags=re.S)).split())
+    assert text.count("Lesions of each finding type were inserted") == 1
+    assert "lost when the upper 95 % bound of the paired change of d′ against CR 1" in text
+    results = load_results(folder)
+    crs = [c for c in results.spec.crs if c != 1.0]
+    for vendor in ("Selenia Dimensions", "Senographe DS"):
+        assert f"{vendor}: the change of d′ against CR 1 (paired, same ROIs) and its verdict" in text
+    header = "finding pitch observer d′ at CR 1 " + " ".join(
+        f"CR {c / 1000:g}K" if c >= 1000 else f"CR {c:g}" for c in crs)
+    assert text.count(header) == 2
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>(detector|CNN \(30 %\)) ([\d.]+) mm</td>", page)
+    # both vendors x every finding type x two sizes x two pitches
+    assert len(rows) == 2 * len(FindingType) * 2 * 2
+    # the smallest Hologic cluster at its detector's pitch: lost at 1K (docs/experiments' README)
+    row = re.search(r"<tr><td>calcification cluster 0.23 mm</td><td>detector 0.07 mm</td>(.*?)</tr>",
+                    page).group(1)
+    cells = re.findall(r"<td>(.*?)</td>", row)
+    verdicts = [re.sub(r"<[^>]+>", " ", c).split()[-1] for c in cells[2:]]
+    assert verdicts[crs.index(1000.0)] == "lost" and verdicts[crs.index(15.0)] == "kept"
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "results.json").write_text('{"spec": {"findings": ["cyst"]}, "rows": []}')
+    refused = runner.invoke(app, ["report", str(bad)])
+    assert refused.exit_code == 2 and "unknown finding type 'cyst'" in refused.output

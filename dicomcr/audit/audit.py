@@ -1,11 +1,11 @@
-"""The compression audit: per site, what was sent and archived, against the rules, the guidelines
-and the deployed model's cross-CR results.
+"""The compression audit: per site, what was sent and archived, against the rules, the guidelines,
+the deployed model's cross-CR results and the model observers' detectability of each finding type.
 
 Images come from the node (its job store and storage: what each site's policy produced) and/or
 DICOM folders attributed to sites by a site map (`sites.run_audit` collects them). Every verdict
 is a function of the files, the guideline table (data: dicomcr/audit/guidelines.csv, or your
-own) and a `dicomcr cv --cross` results.json. Bad items are reported per item; the audit
-completes for the rest.
+own), a `dicomcr cv --cross` results.json and the observers' runs on phantom views
+(`detectability`). Bad items are reported per item; the audit completes for the rest.
 """
 
 from __future__ import annotations
@@ -17,38 +17,88 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Policy
+from .detectability import DetectabilityRequest, DetectabilityVerdict, judge_sites
 from .facts import ImageFacts, UnreadableFile, read_facts, rule_breaks
-from .verdicts import GuidelineStatus, ModelStatus
+from .verdicts import GuidelineLimit, GuidelineStatus, ModelStatus
 
 GUIDELINES = Path(__file__).with_name("guidelines.csv")
 TOLERANCE = 0.02  # an exact-CR transcoder lands within 2 % of its target
+REQUIRED = ("key", "body", "modality", "max_cr", "source")
 
 
 @dataclass(frozen=True)
 class Guideline:
-    """One society's recommended maximum CR for a modality, with where it comes from."""
+    """One society's limit on compression for a modality, with where it comes from: a maximum CR
+    (RATIO), lossless only (LOSSLESS_ONLY, no `max_cr`), or no ratio of its own (NO_RATIO: shown,
+    never judged); `method` the compression it covers, `evidence` whether the value was read in
+    the body's own document (primary) or in a copy (secondary), `note` where others differ."""
 
     key: str
     body: str
     modality: str
-    max_cr: float
+    max_cr: float | None
     source: str
+    limit: GuidelineLimit = GuidelineLimit.RATIO
+    method: str = ""
+    evidence: str = ""
+    note: str = ""
+
+    @property
+    def judged(self) -> bool:
+        """Whether a site is judged against it (a row without a ratio of its own is not)."""
+        return self.limit is not GuidelineLimit.NO_RATIO
+
+    @property
+    def label(self) -> str:
+        """'UK 15', 'US lossless-only', 'ESR no-ratio'."""
+        return f"{self.key} {self.max_cr:g}" if self.limit is GuidelineLimit.RATIO else \
+            f"{self.key} {self.limit}"
+
+
+def _guideline(row: dict[str, str], where: str) -> Guideline:
+    """One row of a guideline table; ValueError naming the row."""
+    text = (row.get("limit") or "").strip() or GuidelineLimit.RATIO.value
+    try:
+        limit = GuidelineLimit(text)
+    except ValueError:
+        raise ValueError(f"{where}: limit {text!r}; choose from "
+                         f"{', '.join(GuidelineLimit)}") from None
+    value = (row.get("max_cr") or "").strip()
+    if limit is GuidelineLimit.RATIO:
+        try:
+            max_cr = float(value)
+        except ValueError:
+            max_cr = float("nan")
+        if not max_cr > 1.0:  # nan and inf fail too
+            raise ValueError(f"{where}: a ratio limit needs max_cr, a number above 1, got {value!r}")
+    elif value:
+        raise ValueError(f"{where}: a {limit} limit has no max_cr, got {value!r}")
+    else:
+        max_cr = None
+    return Guideline(row["key"], row["body"], row["modality"], max_cr, row["source"], limit,
+                     row.get("method") or "", row.get("evidence") or "", row.get("note") or "")
 
 
 def load_guidelines(path: Path | None = None) -> list[Guideline]:
-    """The guideline table (CSV with the columns key, body, modality, max_cr and source; other
-    columns are left to other readers)."""
+    """The guideline table: CSV (UTF-8) with the columns key, body, modality, max_cr and source,
+    and optionally limit (ratio, lossless-only or no-ratio; missing or empty: ratio), method,
+    evidence and note. ValueError, one line, for a table or a row that cannot be used."""
     path = Path(path or GUIDELINES)
     try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        table = [Guideline(r["key"], r["body"], r["modality"], float(r["max_cr"]), r["source"])
-                 for r in rows]
-    except (OSError, KeyError, ValueError) as exc:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in REQUIRED if c not in (reader.fieldnames or ())]
+            if missing:
+                raise KeyError(", ".join(missing))
+            table = [_guideline(row, f"{path}:{reader.line_num} ({row['key']})") for row in reader]
+    except (OSError, UnicodeDecodeError, KeyError, csv.Error) as exc:
         raise ValueError(f"{path}: not a guideline table with key, body, modality, max_cr, source "
                          f"({exc})") from exc
     if not table:
         raise ValueError(f"{path}: the guideline table is empty")
+    keys = [g.key for g in table]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{path}: a key appears twice ({', '.join(keys)})")
     return table
 
 
@@ -79,6 +129,9 @@ class SiteAudit:
     guideline_status: GuidelineStatus | str = ""  # "": the site stores no image to judge
     guideline_text: str = ""
     model: ModelVerdict | None = None
+    # the model observers: one verdict per phantom detector standing for the site's lossy images
+    detectability: list[DetectabilityVerdict] = field(default_factory=list)
+    detectability_note: str = ""  # why there is none: no lossy image, not measured
 
     @property
     def achieved_summary(self) -> tuple[float, float, float] | None:
@@ -87,17 +140,33 @@ class SiteAudit:
         return min(self.achieved), statistics.median(self.achieved), max(self.achieved)
 
 
-def guideline_verdict(max_cr: float, guidelines: list[Guideline], key: str | None
-                      ) -> tuple[GuidelineStatus, str]:
-    """(within | violation, text) for the highest CR a site stores. With `key`, against that
-    guideline; without, against every row (a violation only above all of them)."""
-    chosen = [g for g in guidelines if g.key == key] if key else guidelines
+def guideline_verdict(max_cr: float, guidelines: list[Guideline], key: str | None,
+                      lossy: bool = True) -> tuple[GuidelineStatus, str]:
+    """(within | violation, text) for the highest CR a site stores; `lossy`: whether it stores any
+    lossy image (what a lossless-only row judges; lossless JPEG 2000 measures CR 2-3). With `key`,
+    against that guideline; without, against every row that judges (a violation only above all
+    of them; a row without a ratio of its own is never judged)."""
+    chosen = [g for g in guidelines if g.key == key] if key else [g for g in guidelines if g.judged]
     if key and not chosen:
         raise ValueError(f"no guideline {key!r}; the table has {', '.join(g.key for g in guidelines)}")
-    above = [g for g in chosen if max_cr > g.max_cr * (1 + TOLERANCE)]
-    parts = [f"{'above' if g in above else 'within'} {g.key} {g.max_cr:g}" for g in chosen]
-    status = GuidelineStatus.VIOLATION if len(above) == len(chosen) else GuidelineStatus.WITHIN
-    return status, f"max CR {max_cr:.1f}: " + ", ".join(parts)
+    if not all(g.judged for g in chosen):
+        raise ValueError(f"guideline {key} gives no ratio: it is shown, never judged")
+
+    def above(g: Guideline) -> bool:
+        if g.limit is GuidelineLimit.LOSSLESS_ONLY:
+            return lossy
+        return max_cr > g.max_cr * (1 + TOLERANCE)
+
+    parts = {limit: [f"{'above' if above(g) else 'within'} {g.label}" for g in chosen
+                     if g.limit is limit] for limit in (GuidelineLimit.RATIO,
+                                                        GuidelineLimit.LOSSLESS_ONLY)}
+    text = [f"max CR {max_cr:.1f}: " + ", ".join(parts[GuidelineLimit.RATIO])] \
+        if parts[GuidelineLimit.RATIO] else []
+    if parts[GuidelineLimit.LOSSLESS_ONLY]:
+        text.append(f"{'lossy images' if lossy else 'no lossy image'}: "
+                    + ", ".join(parts[GuidelineLimit.LOSSLESS_ONLY]))
+    status = GuidelineStatus.VIOLATION if all(above(g) for g in chosen) else GuidelineStatus.WITHIN
+    return status, "; ".join(text)
 
 
 def read_results(path: Path) -> dict:
@@ -131,8 +200,9 @@ def same_data(results: dict, model: dict) -> bool:
 
 def model_verdict(results: dict | None, model: dict | None, site_cr: float | None,
                   site_data: bool = False) -> ModelVerdict:
-    """OK, degraded (the CI at the site's CR lies wholly below CR 1's) or not validated; a note
-    says so when the model is no better than chance even at CR 1. "other data" when the results
+    """OK, degraded (the CI at the site's CR lies wholly below CR 1's), cannot judge (the model
+    is no better than chance even at CR 1: its AUROC's CI there reaches 0.5, so it cannot show
+    what a CR costs) or not validated. "other data" when the results
     come from other data than the model's (`same_data`), unless `site_data`: the user says they
     are the site's data.
 
@@ -169,18 +239,23 @@ def model_verdict(results: dict | None, model: dict | None, site_cr: float | Non
         tested = ", ".join(f"{r['test_cr']:g}" for r in curve)
         return ModelVerdict(ModelStatus.NOT_VALIDATED, name, site_cr, at_site, at_cr1,
                             f"{name} was tested at CR {tested}", curve)
+    if at_cr1["auroc_low"] <= 0.5:  # nothing to lose: it cannot show a loss at any CR
+        return ModelVerdict(ModelStatus.CANNOT_JUDGE, name, site_cr, at_site, at_cr1,
+                            "no better than chance at CR 1 (CI reaches 0.5)", curve)
     degraded = at_site["auroc_high"] < at_cr1["auroc_low"]
-    chance = "no better than chance at CR 1 (CI reaches 0.5)" if at_cr1["auroc_low"] <= 0.5 else ""
     return ModelVerdict(ModelStatus.DEGRADED if degraded else ModelStatus.OK, name, site_cr,
-                        at_site, at_cr1, chance, curve)
+                        at_site, at_cr1, "", curve)
 
 
 def audit_sites(files: dict[str, list[Path]], configured: dict[str, Policy | None],
                 guidelines: list[Guideline], guideline_key: dict[str, str | None],
                 results: dict | None, models: dict[str, dict | None],
-                site_data: bool = False) -> list[SiteAudit]:
-    """Every site's audit. `configured`: the node's policy per site; `models`: each site's deployed
-    model metadata; `site_data`: the results are the sites' data whatever their fingerprint."""
+                site_data: bool = False, detectability: DetectabilityRequest | None = None
+                ) -> tuple[list[SiteAudit], list[str]]:
+    """Every site's audit, and problems (detectability that could not be judged). `configured`:
+    the node's policy per site; `models`: each site's deployed model metadata; `site_data`: the
+    results are the sites' data whatever their fingerprint; `detectability`: how the model
+    observers judge each site's highest CR (None: not measured)."""
     facts: dict[str, list[ImageFacts]] = {}
     audits = {}
     for site in sorted(set(files) | set(configured)):
@@ -207,11 +282,21 @@ def audit_sites(files: dict[str, list[Path]], configured: dict[str, Policy | Non
         summary = audit.achieved_summary
         if summary is not None:
             audit.guideline_status, audit.guideline_text = guideline_verdict(
-                summary[2], guidelines, guideline_key.get(site))
+                summary[2], guidelines, guideline_key.get(site), any(f.lossy for f in items))
         lossy = [f.achieved_cr for f in items if f.lossy]
         site_cr = _site_cr(configured.get(site), lossy)
         audit.model = model_verdict(results, models.get(site), site_cr, site_data)
-    return list(audits.values())
+    if detectability is None:
+        for audit in audits.values():
+            audit.detectability_note = "not measured (--detectability off)"
+        return list(audits.values()), []
+    judged, problems = judge_sites(facts, detectability)
+    for site, audit in audits.items():
+        audit.detectability = judged[site]
+        if not judged[site]:
+            audit.detectability_note = "no lossy image: nothing lost" if audit.images else \
+                "no image to judge"
+    return list(audits.values()), problems
 
 
 def _site_cr(configured: Policy | None, lossy: list[float]) -> float | None:

@@ -34,6 +34,10 @@ class ImageFacts:
     achieved_cr: float
     institution: str
     has_source_reference: bool
+    manufacturer: str = ""
+    rows: int = 0
+    columns: int = 0
+    pixel_spacing_mm: float | None = None  # (0028,0030), else (0018,1164); None when neither
 
     @property
     def lossy(self) -> bool:
@@ -46,6 +50,20 @@ def _values(element) -> tuple[str, ...]:
     value = element.value
     return tuple(str(v) for v in value) if isinstance(value, list | tuple | pydicom.multival.MultiValue) \
         else (str(value),)
+
+
+def _spacing(ds: pydicom.Dataset) -> float | None:
+    """The column spacing in mm (Pixel Spacing, else Imager Pixel Spacing); None when absent or
+    not a positive number."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        values = _values(ds[keyword]) if keyword in ds else ()
+        try:
+            spacing = float(values[-1]) if values else 0.0
+        except ValueError:
+            continue
+        if spacing > 0:
+            return spacing
+    return None
 
 
 def read_facts(path: Path) -> ImageFacts:
@@ -84,7 +102,9 @@ def read_facts(path: Path) -> ImageFacts:
         ratios=ratios, methods=methods,
         image_type=tuple(str(v) for v in ds.get("ImageType", [])),
         achieved_cr=uncompressed / stored, institution=str(ds.get("InstitutionName", "") or ""),
-        has_source_reference="SourceImageSequence" in ds)
+        has_source_reference="SourceImageSequence" in ds,
+        manufacturer=str(ds.get("Manufacturer", "") or ""), rows=rows, columns=columns,
+        pixel_spacing_mm=_spacing(ds))
 
 
 def rule_breaks(facts: ImageFacts, original_uids: set[str]) -> list[str]:

@@ -1,4 +1,5 @@
-"""The audit as JSON, and as one HTML page with a plot per site (images inline, no network)."""
+"""The audit as JSON, as a terminal view and as one HTML page with a plot per site (images inline,
+no network)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..codec.j2k import cr_short
+from ..observers import Verdict
 from .audit import Guideline, ModelVerdict, SiteAudit
-from .verdicts import GuidelineStatus, ModelStatus
+from .detectability import DetectabilityVerdict, rule_text
+from .verdicts import GuidelineLimit, GuidelineStatus, ModelStatus
+
+VERDICT_COLOURS = {Verdict.KEPT: "green", Verdict.DEGRADED: "yellow", Verdict.LOST: "red",
+                   Verdict.NOT_SEEN: "dim"}
 
 
 def to_json(audits: list[SiteAudit], problems: list[str], guidelines: list[Guideline]) -> dict:
-    """Every site's audit (its achieved CRs as a list, and as min / median / max), the problems
-    and the guideline table, as plain JSON values."""
+    """Every site's audit (its achieved CRs as a list, and as min / median / max; each
+    detectability verdict with its findings' verdicts and sentences), the problems and the
+    guideline table, as plain JSON values."""
     sites = []
     for audit in audits:
         item = asdict(audit)
@@ -29,8 +37,13 @@ def to_json(audits: list[SiteAudit], problems: list[str], guidelines: list[Guide
         summary = audit.achieved_summary
         item["achieved"] = (dict(zip(("min", "median", "max"), summary, strict=True))
                             if summary else None)
+        for group, out in zip(audit.detectability, item["detectability"], strict=True):
+            out["verdict"] = group.verdict
+            for finding, said in zip(group.findings, out["findings"], strict=True):
+                said.update(verdict=finding.verdict, text=finding.text())
         sites.append(item)
-    return {"sites": sites, "problems": problems, "guidelines": [asdict(g) for g in guidelines]}
+    return {"sites": sites, "problems": problems, "detectability_rule": rule_text(),
+            "guidelines": [{**asdict(g), "judged": g.judged} for g in guidelines]}
 
 
 def write_json(audits: list[SiteAudit], problems: list[str], guidelines: list[Guideline],
@@ -90,6 +103,49 @@ class AuditView:
     def __init__(self, audits: list[SiteAudit], title: str) -> None:
         self.audits, self.title = audits, title
 
+    @staticmethod
+    def _verdict(verdict: Verdict | None, text: str = ""):
+        from rich.text import Text
+
+        return Text(text or str(verdict or "-"), VERDICT_COLOURS.get(verdict, ""))
+
+    def detectability_tables(self) -> list:
+        """One table per site and phantom detector: each finding's reading at the detector's
+        pitch (the verdict) and at the CNN's, by the observer that sees it best uncompressed."""
+        from rich import box
+        from rich.table import Table
+
+        tables = []
+        for a in self.audits:
+            for g in a.detectability:
+                table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                              padding=(0, 1, 0, 0), title_justify="left", caption_justify="left",
+                              title=f"Detectability at {a.site}: {g.headline()}",
+                              caption=g.note or None)
+                table.add_column("finding")
+                for name in ("pitch", "observer", f"d\u2032 CR 1\n\u2192 {cr_short(g.cr)}",
+                             "change % (95% CI)", "verdict"):
+                    table.add_column(name, no_wrap=True)
+                for f in g.findings:
+                    for number, r in enumerate(filter(None, (f.detector, f.paper))):
+                        table.add_row(f.name if number == 0 else "",
+                                      f"{'CNN ' if number else ''}{r.pitch_mm:.2g} mm",
+                                      r.observer_name, r.dprimes, r.change,
+                                      self._verdict(r.verdict))
+                tables.append(table)
+        return tables
+
+    def _detectability_lines(self, a: SiteAudit) -> list[tuple[str, object]]:
+        if not a.detectability:
+            return [("detectability", a.detectability_note or "-")]
+        lines = []
+        for g in a.detectability:
+            lines.append(("detectability", self._verdict(g.verdict, g.headline())))
+            lines += [("", f.text()) for f in g.findings]
+            if g.note:
+                lines.append(("", g.note))
+        return lines
+
     def _cells(self, a: SiteAudit) -> dict[str, object]:
         from rich.text import Text
 
@@ -148,10 +204,12 @@ class AuditView:
             lines = [("images (studies)", f"{c['images']}, CR set: {c['set']}"),
                      ("CR achieved min / med / max", c["achieved"]),
                      ("syntaxes", c["syntaxes"]), ("rule breaks", c["breaks"]),
-                     ("guidelines", c["guidelines"]), ("model", c["model"])]
+                     ("guidelines", c["guidelines"]), ("model", c["model"]),
+                     *(self._detectability_lines(a) if a.detectability or a.detectability_note
+                       else [])]
             for number, (label, value) in enumerate(lines):
-                grid.add_row(a.site if number == 0 else "", Text.assemble((f"{label}: ", "dim"),
-                                                                         value))
+                grid.add_row(a.site if number == 0 else "", Text.assemble(
+                    (f"{label}: " if label else "  ", "dim"), value))
         return grid
 
     @staticmethod
@@ -167,11 +225,17 @@ class AuditView:
         return sum(widths) + 2 * (len(widths) - 1)  # a separator and a padding between columns
 
     def __rich_console__(self, console, options):
-        tables = self.tables()
+        from rich.text import Text
+
+        tables = [*self.tables(), *self.detectability_tables()]
         if all(self._narrowest(console, options, t) <= options.max_width for t in tables):
-            yield tables[0]
-            yield ""
-            yield tables[1]
+            for number, table in enumerate(tables):
+                if number:
+                    yield ""
+                yield table
+            for a in self.audits:
+                if a.detectability_note and not a.detectability:
+                    yield Text(f"Detectability at {a.site}: {a.detectability_note}")
         else:
             yield self.blocks()
 
@@ -195,7 +259,7 @@ def _plot(audit: SiteAudit, guidelines: list[Guideline]) -> str:
         bins = np.logspace(0, np.log10(max(values.max(), 30) * 1.2), 40)
         left.hist(values, bins=bins, color="#4477aa")
         left.set_xscale("log")
-    for g in guidelines:
+    for g in (g for g in guidelines if g.limit is GuidelineLimit.RATIO):
         left.axvline(g.max_cr, color="#cc3311", ls="--", lw=1)
         left.text(g.max_cr, left.get_ylim()[1] * 0.95, f" {g.key} {g.max_cr:g}", fontsize=7,
                   color="#cc3311", va="top")
@@ -222,13 +286,46 @@ def _plot(audit: SiteAudit, guidelines: list[Guideline]) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def _detectability_html(audit: SiteAudit) -> list[str]:
+    """A site's detectability: per phantom detector, its headline, each finding's sentence."""
+    esc = html.escape
+    if not audit.detectability:
+        return [f"<p>Detectability: {esc(audit.detectability_note or '-')}</p>"]
+    parts = []
+    for g in audit.detectability:
+        parts.append(f"<h3>Detectability: {esc(g.headline())}</h3>")
+        if g.note:
+            parts.append(f"<p>{esc(g.note)}</p>")
+        parts.append("<ul>" + "".join(
+            f'<li class="{esc(f.verdict.value.replace(" ", "-"))}">{esc(f.text())}</li>'
+            for f in g.findings) + "</ul>")
+    return parts
+
+
+def _detectability_cell(groups: list[DetectabilityVerdict], note: str) -> str:
+    return "; ".join(f"{(g.error and 'not judged') or g.verdict or '-'} at CR {g.cr:g}"
+                     for g in groups) or note or "-"
+
+
+def _guideline_rows(guidelines: list[Guideline]) -> str:
+    esc = html.escape
+    limit = {GuidelineLimit.RATIO: lambda g: f"{g.max_cr:g}",
+             GuidelineLimit.LOSSLESS_ONLY: lambda g: "lossless only",
+             GuidelineLimit.NO_RATIO: lambda g: "no ratio (shown, not judged)"}
+    return "".join(f"<tr><td>{esc(g.key)}</td><td>{esc(g.body)}</td><td>{esc(limit[g.limit](g))}"
+                   f"</td><td>{esc(g.method)}</td><td>{esc(g.evidence)}</td><td>{esc(g.source)}"
+                   f"</td><td>{esc(g.note)}</td></tr>" for g in guidelines)
+
+
 def write_html(audits: list[SiteAudit], problems: list[str], guidelines: list[Guideline],
                path: Path) -> None:
+    """The audit as one HTML page: a summary table, a section per site (its plots, its model and
+    detectability verdicts, syntaxes, histories, rule breaks), the problems, the guidelines."""
     esc = html.escape
     parts = ["<h1>dicomcr compression audit</h1>",
              "<table><tr><th>site</th><th>images</th><th>studies</th><th>configured CR</th>"
              "<th>achieved CR min / median / max</th><th>guidelines</th><th>rule breaks</th>"
-             "<th>model</th></tr>"]
+             "<th>model</th><th>detectability</th></tr>"]
     for a in audits:
         summary = a.achieved_summary
         achieved = " / ".join(f"{v:.1f}" for v in summary) if summary else "-"
@@ -236,20 +333,24 @@ def write_html(audits: list[SiteAudit], problems: list[str], guidelines: list[Gu
         parts.append(f"<tr><td>{esc(a.site)}</td><td>{a.images}</td><td>{a.studies}</td>"
                      f"<td>{esc(str(a.configured_cr or '-'))}</td><td>{achieved}</td>"
                      f"<td>{esc(a.guideline_status)}: {esc(a.guideline_text)}</td>"
-                     f"<td>{len(a.breaks)}</td><td>{esc(model)}</td></tr>")
+                     f"<td>{len(a.breaks)}</td><td>{esc(model)}</td>"
+                     f"<td>{esc(_detectability_cell(a.detectability, a.detectability_note))}</td>"
+                     "</tr>")
     parts.append("</table>")
     for a in audits:
         parts.append(f"<h2>{esc(a.site)}</h2>")
         parts.append(f'<img alt="{esc(a.site)}" src="data:image/png;base64,{_plot(a, guidelines)}">')
         if a.model and a.model.at_site and a.model.at_cr1:
             s, o = a.model.at_site, a.model.at_cr1
-            parts.append(f"<p>{esc(a.model.model)} at CR {s['test_cr']:g}: AUROC {s['auroc']:.3f} "
+            parts.append(f"<p>{esc(a.model.status)}: {esc(a.model.model)} at CR {s['test_cr']:g}: "
+                         f"AUROC {s['auroc']:.3f} "
                          f"({s['auroc_low']:.3f}-{s['auroc_high']:.3f}), AUPRC {s['auprc']:.3f} "
                          f"({s['auprc_low']:.3f}-{s['auprc_high']:.3f}); at CR 1: AUROC "
                          f"{o['auroc']:.3f} ({o['auroc_low']:.3f}-{o['auroc_high']:.3f})"
                          + (f"; {esc(a.model.note)}" if a.model.note else "") + ".</p>")
         elif a.model and a.model.note:
             parts.append(f"<p>Model: {esc(a.model.status)} ({esc(a.model.note)})</p>")
+        parts += _detectability_html(a)
         parts.append("<p>Transfer syntaxes: " + ", ".join(
             f"{esc(syntax_name(k))} ({v}, {esc(k)})" for k, v in sorted(a.syntaxes.items()))
                      + "</p>")
@@ -260,12 +361,18 @@ def write_html(audits: list[SiteAudit], problems: list[str], guidelines: list[Gu
             parts.append(f"<p><code>{esc(file)}</code>: {esc(what)}</p>")
     if problems:
         parts.append("<h2>Problems</h2>" + "".join(f"<p>{esc(p)}</p>" for p in problems))
-    parts.append("<h2>Guidelines</h2><table><tr><th>key</th><th>body</th><th>max CR</th>"
-                 "<th>source</th></tr>" + "".join(
-                     f"<tr><td>{esc(g.key)}</td><td>{esc(g.body)}</td><td>{g.max_cr:g}</td>"
-                     f"<td>{esc(g.source)}</td></tr>" for g in guidelines) + "</table>")
+    if any(a.detectability for a in audits):
+        parts.append("<h2>Detectability: the rule</h2><p>Model observers (CHO on Laguerre-Gauss and "
+                     "on difference-of-Gaussians channels, NPWE) on signal-present/absent pairs of "
+                     "phantom views of the site's detector, the whole view through the codec at the "
+                     "site's highest CR; per finding, the observer that sees it best uncompressed. "
+                     f"Verdict at the detector's pitch: {esc(rule_text())}.</p>")
+    parts.append("<h2>Guidelines</h2><table><tr><th>key</th><th>body</th><th>limit (max CR)</th>"
+                 "<th>method</th><th>evidence</th><th>source</th><th>note</th></tr>"
+                 + _guideline_rows(guidelines) + "</table>")
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}")
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+             "li.lost{color:#b00}li.degraded{color:#a60}li.not-seen{color:#777}")
     Path(path).write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>dicomcr audit"
                           f"</title><style>{style}</style></head><body>{''.join(parts)}"
-                          "</body></html>")
+                          "</body></html>", encoding="utf-8")

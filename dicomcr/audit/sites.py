@@ -1,21 +1,27 @@
 """`dicomcr audit` as one call: the sites collected from a node (its configuration, job store and
 storage) and from DICOM folders (named by a site map), each judged (`audit.audit_sites`), and the
-exit gate the user asked for (`Audit.fails`). The command and the demo call `run_audit`.
+exit gate the user asked for (`Audit.fails`, and why: `Audit.reasons`). The command and the demo
+call `run_audit`.
 """
 
 from __future__ import annotations
 
 import csv
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config, Policy, load_config
 from ..jobs import InstanceState, JobStore, ObjectKind, Storage
+from ..observers import Verdict
 from ..transcode import find_inputs
 from .audit import Guideline, SiteAudit, audit_sites, load_guidelines, read_results
-from .verdicts import FailOn, GuidelineStatus, ModelStatus
+from .detectability import DetectabilityRequest, cache_folder
+from .verdicts import DetectabilityMode, FailOn, GuidelineStatus, ModelStatus
+
+DETECTABILITY_GATES = {FailOn.LOST: (Verdict.LOST,),
+                       FailOn.DEGRADED_DETECTABILITY: (Verdict.DEGRADED, Verdict.LOST)}
 
 
 @dataclass(frozen=True)
@@ -26,37 +32,76 @@ class Audit:
     problems: list[str]
     guidelines: list[Guideline]
 
+    def write(self, json_out: Path | None = None, html_out: Path | None = None) -> list[str]:
+        """The audit as JSON and/or HTML (`report.write_json`, `write_html`); 'json: PATH' for
+        each file written."""
+        from .report import write_html, write_json
+
+        written = []
+        for kind, path, write in (("json", json_out, write_json), ("html", html_out, write_html)):
+            if path is not None:
+                write(self.sites, self.problems, self.guidelines, path)
+                written.append(f"{kind}: {path}")
+        return written
+
     def fails(self, gate: FailOn | None) -> bool:
         """Whether the audit fails `gate` (None: nothing fails it)."""
-        if gate is FailOn.VIOLATION:
-            return any(a.guideline_status == GuidelineStatus.VIOLATION or a.breaks
-                       for a in self.sites)
-        if gate is FailOn.DEGRADED:
-            return any(a.model is not None and a.model.status == ModelStatus.DEGRADED
-                       for a in self.sites)
-        return False
+        return bool(self.reasons(gate))
+
+    def reasons(self, gate: FailOn | None) -> list[str]:
+        """Why the audit fails `gate`, one line per site (none: it passes). A model that cannot
+        judge (no better than chance at CR 1) fails DEGRADED: it could not show a loss, so passing
+        it would let a degraded site through unseen."""
+        out = []
+        for a in self.sites:
+            if gate is FailOn.VIOLATION:
+                if a.guideline_status == GuidelineStatus.VIOLATION:
+                    out.append(f"{a.site}: guideline violation ({a.guideline_text})")
+                if a.breaks:
+                    out.append(f"{a.site}: {len(a.breaks)} DICOM rule break(s)")
+            elif gate is FailOn.DEGRADED and a.model is not None:
+                if a.model.status == ModelStatus.DEGRADED:
+                    out.append(f"{a.site}: {a.model.model} degraded at CR {a.model.site_cr:.3g}")
+                elif a.model.status == ModelStatus.CANNOT_JUDGE:
+                    out.append(f"{a.site}: {a.model.model} cannot judge ({a.model.note}): a loss "
+                               f"at CR {a.model.site_cr:.3g} would go unseen")
+            elif gate in DETECTABILITY_GATES:
+                hit = [f"{f.name} {f.verdict}" for g in a.detectability for f in g.findings
+                       if f.verdict in DETECTABILITY_GATES[gate]]
+                if hit:
+                    cr = ", ".join(f"{g.cr:g}" for g in a.detectability)
+                    out.append(f"{a.site}: at CR {cr}: {', '.join(hit)}")
+        return out
 
 
 def run_audit(folders: Sequence[Path] = (), config: Path | None = None, *,
               site_map: Path | None = None, results: Path | None = None,
               model: Path | None = None, guideline: str | None = None,
               guidelines: Path | None = None, fail_on: FailOn | None = None,
-              same_data: bool = False) -> Audit:
+              same_data: bool = False, detectability: DetectabilityMode = DetectabilityMode.QUICK,
+              cache: Path | None = None, workers: int | None = None,
+              progress: Callable[..., None] | None = None) -> Audit:
     """Audit the node of `config` (its sites, with their configured policies and models) and
     the DICOM `folders` (each a site named by `site_map`, CSV folder,site[,guideline], else by
     its own name; `model` is their deployed model), every site against `guideline` (a key of the
-    table `guidelines`, default the built-in one; None: against all) and the deployed models
-    against the cross-CR `results`; `same_data`: the results are the sites' data whatever their
-    fingerprint.
+    table `guidelines`, default the built-in one; None: against all), the deployed models
+    against the cross-CR `results` (`same_data`: the results are the sites' data whatever their
+    fingerprint) and each site's highest CR against the model observers (`detectability`, the
+    runs cached in `cache`, default `detectability.cache_folder()`, on `workers` processes,
+    `progress(done, total, status)` as views finish).
 
     ValueError, before any work, for nothing to audit, a folder that does not exist, an unknown
-    `guideline`, a configuration, model file or guideline table that cannot be used, and, when
-    `fail_on` asks for verdicts, `results` that cannot be read (without a gate: a problem)."""
+    `guideline` or one without a ratio, a configuration, model file or guideline table that
+    cannot be used, a gate on verdicts that are not measured, and, when `fail_on` asks for
+    verdicts, `results` that cannot be read (without a gate: a problem); after the work, when a
+    detectability gate meets a site whose detectability could not be judged."""
     if not folders and config is None:
         raise ValueError("nothing to audit: give DICOM folders and/or --config node.yaml")
     if fail_on is FailOn.DEGRADED and results is None:
         raise ValueError("--fail-on degraded judges the model at each site's CR: give --results "
                          "(a dicomcr cv --cross results folder)")
+    if fail_on in DETECTABILITY_GATES and detectability is DetectabilityMode.OFF:
+        raise ValueError(f"--fail-on {fail_on} judges detectability: not with --detectability off")
     for folder in folders:
         if not Path(folder).exists():
             raise ValueError(f"{folder} does not exist: no DICOM folder to audit there")
@@ -71,8 +116,12 @@ def run_audit(folders: Sequence[Path] = (), config: Path | None = None, *,
             problems.append(f"{exc}; no model verdicts")
     table = load_guidelines(guidelines)
     known = [g.key for g in table]
+    judged = [g.key for g in table if g.judged]
     if guideline and guideline not in known:
         raise ValueError(f"no guideline {guideline!r}; the table has {', '.join(known)}")
+    if guideline and guideline not in judged:
+        raise ValueError(f"guideline {guideline} gives no ratio (shown, never judged); judge "
+                         f"against one of {', '.join(judged)}")
     deployed = _model_info(model) if model else None
     files: dict[str, list[Path]] = {}
     configured: dict[str, Policy | None] = {}
@@ -90,11 +139,17 @@ def run_audit(folders: Sequence[Path] = (), config: Path | None = None, *,
     keys: dict[str, str | None] = {}
     for site in set(files) | set(configured):
         keys[site] = mapped.get(site, guideline)
-        if keys[site] and keys[site] not in known:
-            problems.append(f"site {site}: no guideline {keys[site]!r}; judged against all")
+        if keys[site] and keys[site] not in judged:
+            why = f"guideline {keys[site]} gives no ratio" if keys[site] in known else \
+                f"no guideline {keys[site]!r}"
+            problems.append(f"site {site}: {why}; judged against all")
             keys[site] = None
-    return Audit(audit_sites(files, configured, table, keys, document, models, same_data),
-                 problems, table)
+    request = None if detectability is DetectabilityMode.OFF else DetectabilityRequest(
+        detectability is DetectabilityMode.QUICK, cache_folder(cache), workers, progress)
+    sites, said = audit_sites(files, configured, table, keys, document, models, same_data, request)
+    if said and fail_on in DETECTABILITY_GATES:
+        raise ValueError(f"{said[0]}; --fail-on {fail_on} needs it")
+    return Audit(sites, problems + said, table)
 
 
 def node_images(config: Config) -> tuple[dict[str, list[Path]], list[str]]:

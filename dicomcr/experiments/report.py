@@ -1,4 +1,6 @@
-"""The figures of a cv run, and one self-contained HTML page (images inline, no network).
+"""The figures of a cv run, and one self-contained HTML page (images inline, no network); the
+page's parts (`html_table`, `html_image`, `write_page`) serve the detectability page too
+(`audit.pages`, above the observers).
 
 `write_figures` draws from the result rows and fold predictions; `write_report` reads only what
 `dicomcr cv` wrote (results.json and the PNGs), so a results folder can be reported anywhere. A
@@ -145,7 +147,8 @@ def write_figures(root: Path, plans: list[ModelPlan], rows: list[Row],
     return written
 
 
-def _image(path: Path, alt: str) -> str:
+def html_image(path: Path, alt: str) -> str:
+    """A PNG inline, as a figure."""
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
 
@@ -169,7 +172,7 @@ def _matrix(rows: list, cell) -> str:
     crs = sorted({c for _, c in cells})
     models = [m for m in dict.fromkeys(r.model for r in rows)
               if any(cells.get((m, c)) for c in crs)]
-    return _table(["model \\ test CR", *(cr_short(c) for c in crs)],
+    return html_table(["model \\ test CR", *(cr_short(c) for c in crs)],
                   [[html.escape(m), *(cells.get((m, c), "") for c in crs)] for m in models])
 
 
@@ -211,11 +214,11 @@ def _findings_section(root: Path | None, findings: list[FindingRow], note: str,
     cells = {(r.model, r.finding, r.test_cr): _ci(r.auroc, r.auroc_low, r.auroc_high)
              for r in findings}
     lines = list(dict.fromkeys((r.model, r.finding, r.positives) for r in findings))
-    parts.append(_table(["model", "finding (malignant)", *(cr_short(c) for c in crs)],
+    parts.append(html_table(["model", "finding (malignant)", *(cr_short(c) for c in crs)],
                         [[html.escape(m), f"{html.escape(f)} ({n})",
                           *(cells.get((m, f, c), "") for c in crs)] for m, f, n in lines]))
     if root is not None:
-        parts.append(_image(root / FINDINGS, "AUROC per finding type against the test CR"))
+        parts.append(html_image(root / FINDINGS, "AUROC per finding type against the test CR"))
     return parts
 
 
@@ -227,14 +230,15 @@ def _table1(own: list[Row], fold_spread: bool) -> str:
 
     header = ["model", "AUROC (95% CI)", *(["fold mean ± sd"] if fold_spread else []),
               "AUPRC (95% CI)", *(["fold mean ± sd"] if fold_spread else []), "breasts (malignant)"]
-    return _table(header, [[html.escape(r.model), _ci(r.auroc, r.auroc_low, r.auroc_high),
+    return html_table(header, [[html.escape(r.model), _ci(r.auroc, r.auroc_low, r.auroc_high),
                             *spread(r.fold_auroc_mean, r.fold_auroc_sd),
                             _ci(r.auprc, r.auprc_low, r.auprc_high),
                             *spread(r.fold_auprc_mean, r.fold_auprc_sd),
                             f"{r.n} ({r.positives})"] for r in own])
 
 
-def _table(header: list[str], body: list[list[str]]) -> str:
+def html_table(header: list[str], body: list[list[str]]) -> str:
+    """A table: `header` escaped, `body`'s cells as given (HTML)."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
@@ -283,9 +287,9 @@ def write_report(root: Path, target: Path) -> None:
              _table1(own, words.fold_spread)]
     if drawn(AUROC_CR):
         parts += ["<h2>AUROC against CR, beside the paper's</h2>",
-                  _image(root / AUROC_CR, "AUROC against CR beside the paper's")]
+                  html_image(root / AUROC_CR, "AUROC against CR beside the paper's")]
     if drawn(FIG2):
-        parts += ["<h2>Figure 2: ROC and PR curves</h2>", _image(root / FIG2, "ROC and PR")]
+        parts += ["<h2>Figure 2: ROC and PR curves</h2>", html_image(root / FIG2, "ROC and PR")]
     crs = sorted({r.test_cr for r in rows})
     models = list(dict.fromkeys(r.model for r in rows))
     if len(rows) > len(own):
@@ -293,14 +297,14 @@ def write_report(root: Path, target: Path) -> None:
             cells = {(r.model, r.test_cr): _ci(getattr(r, metric), getattr(r, f"{metric}_low"),
                                                getattr(r, f"{metric}_high")) for r in rows}
             parts += [f"<h2>Table 2: {metric.upper()} of every model at every test CR</h2>",
-                      _table(["model \\ test CR", *(cr_short(c) for c in crs)],
+                      html_table(["model \\ test CR", *(cr_short(c) for c in crs)],
                              [[html.escape(m), *(cells.get((m, c), "") for c in crs)]
                               for m in models])]
         for name, title in ((CROSS_AUROC, "Table 2 as a heat map (AUROC)"),
                             (CROSS_AUPRC, "Table 2 as a heat map (AUPRC)"),
                             (FIG4, "Figure 4: compression as augmentation")):
             if drawn(name):
-                parts += [f"<h2>{title}</h2>", _image(root / name, title)]
+                parts += [f"<h2>{title}</h2>", html_image(root / name, title)]
     parts += _paired_section(rows, words)
     parts += _findings_section(root if drawn(FINDINGS) else None, findings,
                                document.get("findings_note", ""), words)
@@ -309,7 +313,7 @@ def write_report(root: Path, target: Path) -> None:
                   "<p>Malignant breasts with a mask, each scored by its own fold's network at the "
                   "model's CR: the pointing game (the map's maximum on the lesion, Wilson 95% CI) "
                   "and the share of the map's energy inside the lesion.</p>",
-                  _table(["model", "breasts", "pointing game (95% CI)", "energy inside"],
+                  html_table(["model", "breasts", "pointing game (95% CI)", "energy inside"],
                          [[html.escape(r["model"]), str(r["n"]),
                            _ci(r["pointing_rate"], r["pointing_low"], r["pointing_high"]),
                            f"{r['energy_mean']:.3f} ± {r['energy_sd']:.3f}"]
@@ -319,8 +323,13 @@ def write_report(root: Path, target: Path) -> None:
               "<p><small>Written by dicomcr report. Research use only; not a medical device."
               "</small></p>"]
     title = "cv" if evaluation is Evaluation.CROSS_VALIDATION else evaluation.value
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>dicomcr {title} report</title>"
+    write_page(target, f"dicomcr {title} report", parts)
+
+
+def write_page(target: Path, title: str, parts: list[str]) -> None:
+    """One self-contained HTML page of `parts` (the report's style, UTF-8)."""
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(page)
+    target.write_text(page, encoding="utf-8")
