@@ -260,3 +260,13 @@ def test_the_command_modules_stay_thin() -> None:
              if last - first + 1 > COMMAND_LINES]
     assert over == [], ("\n".join(over) + "\nmove the work of each long command into a library "
                         "function that it calls, leaving it to parse, call and print")
+
+
+def test_the_command_line_and_the_workers_start_without_the_heavy_libraries() -> None:
+    """`services.cli` is what the node's spawned workers import first (and every command): it
+    must not import torch, pyplot or scipy.stats, which cost seconds at each worker's start (a
+    page import that pulled in the observers once slowed the node's end-to-end run by 70 %)."""
+    code = ("import sys, services.cli; print(','.join(m for m in ('torch', 'matplotlib.pyplot', "
+            "'scipy.stats') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "", run.stdout + run.stderr

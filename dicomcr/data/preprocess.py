@@ -15,8 +15,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 # (rows, columns) of full-size views of the paper's two vendors (and the phantom's detectors):
 # Hologic Selenia Dimensions 4096 x 3328 at 0.07 mm, GE Senographe DS 2294 x 1914 at 0.1 mm.
@@ -142,7 +140,11 @@ def normalise_image(pixels: np.ndarray, dataset) -> np.ndarray:
 
 
 def _interpolate(image: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
-    """`image` resized to `size` with torch's `mode`, on the CPU."""
+    """`image` resized to `size` with torch's `mode`, on the CPU (torch imported here: the node
+    and its transcoding workers import this module and must start in a second)."""
+    import torch
+    import torch.nn.functional as F
+
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
     corners = {"align_corners": False} if mode == "bilinear" else {}
     return F.interpolate(tensor, size=size, mode=mode, **corners)[0, 0].numpy()

@@ -30,7 +30,6 @@ import numpy as np
 from ..codec.j2k import CODEC_REVISION
 from ..outputs import output_folder
 from ..phantom.params import DETECTORS
-from .figures import dprime_figure, rois_figure
 from .geometry import Grid, Pitch, draw_breast, place
 from .lesions import LesionClass, size_at
 from .measure import OBSERVERS_REVISION, ObserverKind, ViewTask, column_layout, measure_view
@@ -314,6 +313,8 @@ def run_detectability(spec: DetectabilitySpec, out: Path, workers: int | None = 
                     **{f"statistics_{k}_cpu": v for k, v in statistics.items()}},
     }
     results = DetectabilityResults(out, spec, tuple(rows), meta)
+    from .figures import dprime_figure, rois_figure  # matplotlib: only when figures are drawn
+
     dprime_figure(results, out / FIGURES[0])
     rois_figure(results, tasks, out / FIGURES[1])
     meta["seconds"]["total"] = time.perf_counter() - started
