@@ -20,7 +20,7 @@ from pydicom.pixels.utils import get_expected_length
 from dicomcr.config import Policy
 from dicomcr.dicom.uids import check_uid
 from dicomcr.jobs import DiskReserve, JobStore, Storage
-from dicomcr.jobs.spool import quarantine
+from dicomcr.jobs.spool import UidLocks, quarantine
 from dicomcr.outputs import is_disk_full, move_durably
 
 SUCCESS = 0x0000
@@ -124,13 +124,16 @@ def image_pixel_problem(ds: pydicom.Dataset) -> str | None:
 
 def accept(received: Path, *, sop_class_uid: str, sop_instance_uid: str, calling_ae: str,
            site: str, policy: Policy, storage: Storage, store: JobStore, max_bytes: int,
-           disk: DiskReserve | None = None, skipped: str | None = None) -> Verdict:
+           disk: DiskReserve | None = None, skipped: str | None = None,
+           locks: UidLocks | None = None) -> Verdict:
     """Check one received file (DICOM file format, as the peer encoded it) and make it durable.
 
     On success the file is moved into the spool and its job committed; on failure it is moved
     into quarantine beside its reason, or deleted when the disk is the problem (`disk`: the
     reserve to keep; the file is already on disk, so what is left must still cover the reserve).
-    `skipped`: why the study has no inference to wait for (its site has no model), if so.
+    `skipped`: why the study has no inference to wait for (its site has no model), if so;
+    `locks`: the node's locks by UID, held while the file replaces an earlier one's and is
+    recorded (retention deletes under the same lock).
     Returns the status to answer and why."""
     received = Path(received)
     size = received.stat().st_size
@@ -145,12 +148,13 @@ def accept(received: Path, *, sop_class_uid: str, sop_instance_uid: str, calling
         ds = pydicom.dcmread(received, defer_size=1024)
         uid = check_uid(str(ds.SOPInstanceUID), "SOP Instance UID")
         check_uid(str(ds.StudyInstanceUID), "Study Instance UID")
+        sop_class = check_uid(str(ds.get("SOPClassUID", "")), "SOP Class UID")
     except Exception as exc:  # any parse failure of a peer's bytes is that peer's error
         return _refuse(storage, received, CANNOT_UNDERSTAND,
                        f"cannot understand the dataset: {exc}", sop_instance_uid)
-    if str(ds.SOPClassUID) != sop_class_uid or uid != sop_instance_uid:
+    if sop_class != sop_class_uid or uid != sop_instance_uid:
         return _refuse(storage, received, DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                       f"dataset SOP Class/Instance {ds.SOPClassUID}/{uid} differ from the "
+                       f"dataset SOP Class/Instance {sop_class}/{uid} differ from the "
                        f"request's {sop_class_uid}/{sop_instance_uid}", uid)
     if "PixelData" not in ds:
         return _refuse(storage, received, CANNOT_UNDERSTAND, "no Pixel Data (7FE0,0010)", uid)
@@ -169,12 +173,22 @@ def accept(received: Path, *, sop_class_uid: str, sop_instance_uid: str, calling
                            f"Pixel Data holds {present} bytes, {expected + expected % 2} expected "
                            "(Rows x Columns x Samples x Frames x BitsAllocated / 8)", uid)
     path = storage.spooled(uid)  # a validated UID: digits and dots, no way out of spool/
+    with (locks or UidLocks())(uid):
+        return _store(received, path, store, uid=uid, sop_class_uid=sop_class_uid,
+                      study_uid=str(ds.StudyInstanceUID), calling_ae=calling_ae, site=site,
+                      policy=policy, size=size, skipped=skipped)
+
+
+def _store(received: Path, path: Path, store: JobStore, *, uid: str, sop_class_uid: str,
+           study_uid: str, calling_ae: str, site: str, policy: Policy, size: int,
+           skipped: str | None) -> Verdict:
+    """Make the checked file durable at `path` and record it; Out of Resources on a full disk."""
     replaces = path.exists()  # a re-send: the earlier file is acknowledged, never delete it
     try:
         move_durably(received, path)
-        store.received(sop_instance_uid=uid, sop_class_uid=sop_class_uid,
-                       study_uid=str(ds.StudyInstanceUID), calling_ae=calling_ae, site=site,
-                       policy=policy, spool_path=path, size=size, skipped=skipped)
+        store.received(sop_instance_uid=uid, sop_class_uid=sop_class_uid, study_uid=study_uid,
+                       calling_ae=calling_ae, site=site, policy=policy, spool_path=path,
+                       size=size, skipped=skipped)
     except OSError as exc:  # the job store's StoreFull is one
         if not is_disk_full(exc):
             raise

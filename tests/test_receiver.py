@@ -164,3 +164,14 @@ def test_a_file_cut_inside_its_pixel_data_is_refused(small_cohort: Path, setup) 
     (reason,) = spool.quarantine.glob("*.reason.txt")
     assert "Pixel Data holds" in reason.read_text()
     assert store.to_transcode(10) == []
+
+
+def test_a_dataset_without_a_sop_class_is_refused_not_crashed_on(small_cohort: Path,
+                                                                  setup) -> None:
+    spool, store = setup
+    ds = _one(small_cohort)
+    headless = pydicom.dcmread(io.BytesIO(_encoded(ds)))
+    del headless.SOPClassUID
+    assert _accept(_encoded(headless), ds, spool, store) == CANNOT_UNDERSTAND
+    (reason,) = spool.quarantine.glob("*.reason.txt")
+    assert "SOP Class UID" in reason.read_text()

@@ -446,3 +446,19 @@ def test_the_store_keeps_the_achieved_cr_and_the_probabilities(node: NodeContext
                                                             {"L": 0.25, "R": 0.75})
     assert [(i.uid, i.achieved_cr) for i in study.instances] == [
         ("1.0", 19.5), ("1.1", 20.1), ("1.2", 20.4), ("1.3", 21.0)]
+
+
+def test_retention_keeps_the_files_of_an_image_sent_again(node: NodeContext) -> None:
+    """An object delivered long ago is sent again just before the sweep: its new source (same
+    path, same UID) is not deleted, and the row is not marked purged."""
+    from dicomcr.jobs.retention import purge_delivered
+
+    _receive(node, "1.1")
+    node.store.transcoded("1.1", [_output(node, "1.1")])
+    node.store.done("1.1")
+    (old,) = node.store.delivered_before(time.time() + 1)
+    _receive(node, "1.1")  # sent again: a new file at the same spool path, the row received
+    node.store.delivered_before = lambda *_: [old]  # the sweep's list, read before the re-send
+    assert purge_delivered(node.store, node.storage, 0.0, node.uid_locks) == 0
+    assert node.storage.spooled("1.1").exists()
+    assert _state(node, "1.1") is InstanceState.RECEIVED

@@ -383,3 +383,26 @@ def test_the_health_report_is_the_nodes_own(tmp_path: Path) -> None:
         for changing in ("uptime_seconds", "disk"):  # others write to this disk meanwhile
             served.pop(changing), own.pop(changing)
         assert served == own
+
+
+def test_without_a_token_only_requests_addressed_to_this_machine_are_answered(
+        tmp_path: Path) -> None:
+    """DNS rebinding: a page whose host name an attacker points at 127.0.0.1 must not reach the
+    page, Retry or STOW-RS from a browser here, even where a '*' site takes unknown senders."""
+    import httpx
+
+    config = node_config(tmp_path, sites=[{"name": "any", "calling_ae": ["*"], "cr": 20}])
+    with running_node(config) as node:
+        url = base_url(node)
+        body = multipart([({"Content-Type": "application/dicom"}, b"x")])
+        kind = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+        for path, method in (("/", "GET"), ("/dicomweb/studies", "POST")):
+            evil = httpx.request(method, url + path, headers={"Host": "evil.example:80",
+                                                              "Content-Type": kind},
+                                 content=body if method == "POST" else None, timeout=10)
+            assert evil.status_code == 403 and "evil.example" in evil.text, (path, evil.text)
+        assert httpx.get(url + "/healthz", headers={"Host": "evil.example"}).status_code == 200
+        local = httpx.post(url + "/dicomweb/studies", headers={"Content-Type": kind},
+                           content=body, timeout=10)
+        assert local.status_code == 409  # answered: not DICOM, but addressed to this node
+    assert not list((tmp_path / "data" / "spool").glob("*.dcm"))

@@ -7,11 +7,12 @@ from __future__ import annotations
 import contextlib
 import time
 
-from .changes import INSTANCES, StateChanges
+from .changes import StateChanges
 from .layout import Storage
 from .reads import ReadModels
 from .records import Job
-from .states import InstanceState
+from .spool import UidLocks
+from .states import InstanceState, check
 
 
 class Retention(StateChanges, ReadModels):
@@ -23,24 +24,40 @@ class Retention(StateChanges, ReadModels):
         return self._jobs(f"state=? AND updated_at < ? AND {self._purged}=0",
                           (InstanceState.DONE.value, when), order="updated_at", limit=limit)
 
-    def purged(self, uid: str) -> bool:
-        """The files of a delivered object were deleted; its row stays as the record."""
-        return self.move(INSTANCES, uid, InstanceState.DONE, InstanceState.DONE,
-                         purged_at=time.time())
+    def purged(self, uid: str, delivered_before: float | None = None) -> bool:
+        """Mark a delivered object's files deleted (its row stays as the record): only while it
+        is still delivered, not yet purged and, with `delivered_before`, delivered before then
+        (an image sent again meanwhile is not); whether it was."""
+        check((InstanceState.DONE,), InstanceState.DONE)
+        now = time.time()
+        cutoff = now if delivered_before is None else delivered_before
+        with self.sql() as db:
+            return db.execute(
+                f"UPDATE instances SET purged_at=? WHERE "
+                f"sop_instance_uid=? AND state=? AND {self._purged}=0 AND updated_at <= ?",
+                (now, uid, InstanceState.DONE.value, cutoff)).rowcount == 1
 
 
 def purge_delivered(store: Retention, storage: Storage, older_than_seconds: float,
-                    limit: int = 256) -> int:
+                    locks: UidLocks | None = None, limit: int = 256) -> int:
     """Delete the files (the received source and its outputs) of up to `limit` objects delivered
-    more than `older_than_seconds` ago, and the folders they leave empty; how many objects."""
+    more than `older_than_seconds` ago, and their outputs' folders left empty; how many. Each
+    object is marked purged first, under its UID's lock (`locks`: the receiver's), so that an
+    image sent again meanwhile keeps its new files."""
     root = storage.root.resolve()
-    jobs = store.delivered_before(time.time() - older_than_seconds, limit)
-    for job in jobs:
-        for path in {job.spool_path, *job.outputs}:
-            if path.resolve().is_relative_to(root):
-                path.unlink(missing_ok=True)
+    cutoff = time.time() - older_than_seconds
+    locks = locks or UidLocks()
+    purged = 0
+    for job in store.delivered_before(cutoff, limit):
+        with locks(job.uid):
+            if not store.purged(job.uid, cutoff):
+                continue
+            for path in {job.spool_path, *job.outputs}:
+                if path.resolve().is_relative_to(root):
+                    path.unlink(missing_ok=True)
+            outputs = storage.outputs_of(job.uid)
+            for folder in [*sorted(outputs.glob("*/"), reverse=True), outputs]:
                 with contextlib.suppress(OSError):  # out/<uid>/<cr>/ and out/<uid>/, if empty
-                    path.parent.rmdir()
-                    path.parent.parent.rmdir()
-        store.purged(job.sop_instance_uid)
-    return len(jobs)
+                    folder.rmdir()
+        purged += 1
+    return purged

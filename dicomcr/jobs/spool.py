@@ -5,7 +5,9 @@ for another try (`dicomcr retry`)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import threading
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..outputs import move_durably
@@ -62,3 +64,19 @@ def release(storage: Storage, quarantined: Path, sop_instance_uid: str) -> Path:
     move_durably(quarantined, back)
     reason_of(quarantined).unlink(missing_ok=True)
     return back
+
+
+@dataclass
+class UidLocks:
+    """Locks by SOP Instance UID (striped: a few locks shared by all UIDs), so that what replaces
+    an instance's files (a re-send made durable and recorded) and what deletes them (retention)
+    never interleave for one UID, while other UIDs go on in parallel."""
+
+    stripes: int = 64
+    _locks: list[threading.Lock] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._locks = [threading.Lock() for _ in range(self.stripes)]
+
+    def __call__(self, uid: str) -> threading.Lock:
+        return self._locks[zlib.crc32(uid.encode()) % self.stripes]

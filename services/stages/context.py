@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from dicomcr.config import Config
 from dicomcr.jobs import JobStore, Storage
+from dicomcr.jobs.spool import UidLocks
 from dicomcr.outputs import is_disk_full
 
 from ..metrics import Metrics
@@ -52,6 +53,8 @@ class NodeContext:
     disk_full: tuple[float, str] | None = None  # when and what, the last time
     wakes: dict[Loop, threading.Event] = field(
         default_factory=lambda: {loop: threading.Event() for loop in Loop})
+    # held while an instance's files are replaced (receive) or deleted (retention)
+    uid_locks: UidLocks = field(default_factory=UidLocks)
 
     @property
     def max_worker_deaths(self) -> int:

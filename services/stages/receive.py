@@ -253,7 +253,7 @@ class ReceiveStage:
                 received, sop_class_uid=str(request.AffectedSOPClassUID), sop_instance_uid=uid,
                 calling_ae=calling, site=site_name, policy=policy, storage=self.ctx.storage,
                 store=self.ctx.store, max_bytes=int(self.ctx.config.node.max_instance_mb * 2**20),
-                disk=self.disk, skipped=self.skipped(site_name))
+                disk=self.disk, skipped=self.skipped(site_name), locks=self.ctx.uid_locks)
         record_receipt(self.ctx, verdict, time.perf_counter() - start,
                        f"instance {uid} from {calling}")
         return verdict.status

@@ -26,7 +26,8 @@ class RetentionStage:
     def step(self, accepting: bool) -> None:
         if not accepting:
             return
-        while purged := purge_delivered(self.ctx.store, self.ctx.storage, self.keep_seconds):
+        while purged := purge_delivered(self.ctx.store, self.ctx.storage, self.keep_seconds,
+                                         self.ctx.uid_locks):
             self.ctx.metrics.count("purged", purged)
             if self.ctx.stop.is_set():
                 return

@@ -63,7 +63,8 @@ def create_app(web: WebContext, routes: Sequence[BaseRoute] = ()) -> Starlette:
                 Route(STOW_PATH + "/{study:path}", store_instances, methods=["POST"])],
         middleware=[Middleware(Login, sessions=sessions, is_page=is_page, templates=TEMPLATES,
                                http_host=web.ctx.config.node.http_host),
-                    Middleware(Authentication, credentials=web.credentials)])
+                    Middleware(Authentication, credentials=web.credentials,
+                               http_host=web.ctx.config.node.http_host)])
     app.state.web = web
     app.state.stow = StowReceiver(web)
     app.state.sessions = sessions

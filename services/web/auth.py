@@ -2,9 +2,11 @@
 STOW-RS sender), or nobody; and what each may reach.
 
     /healthz, /metrics        anyone (probes and Prometheus carry no token)
-    /dicomweb/studies[/...]   a sender (its site's policy applies), or the operator or nobody
-                              where a '*' site or accept_unknown_ae takes unknown senders
+    /dicomweb/studies[/...]   a sender (its site's policy applies); where a '*' site or
+                              accept_unknown_ae takes unknown senders, also the operator, and
+                              nobody while no node token is configured
     everything else           the operator; nobody, too, while no node token is configured
+    (without a node token: only requests whose Host names this machine, against DNS rebinding)
 
 The node's token is required as soon as one is configured, and a node that listens beyond
 loopback must have one (dicomcr.config refuses the file otherwise). A token that matches nothing,
@@ -26,7 +28,7 @@ from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dicomcr.config import Config, read_secret
+from dicomcr.config import Config, is_loopback, read_secret
 
 MIN_TOKEN_CHARS = 16  # shorter ones are guessable; `openssl rand -hex 32` makes a good one
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
@@ -150,6 +152,17 @@ class Credentials:
         return Principal(Role.ANONYMOUS)
 
 
+def host_is_local(scope: Scope, configured: str) -> bool:
+    """Whether the Host header names this machine: localhost, a loopback address or the
+    configured node.http_host (without the port)."""
+    host = Headers(scope=scope).get("host", "").strip()
+    if host.startswith("["):  # [::1]:8080
+        name = host[1:].split("]", 1)[0]
+    else:  # 127.0.0.1:8080, localhost
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return is_loopback(name) or name.lower() == configured.strip().lower()
+
+
 def unauthorized() -> PlainTextResponse:
     """The one answer to missing or wrong credentials: no hint of which."""
     return PlainTextResponse("unauthorized\n", 401, headers={
@@ -158,10 +171,14 @@ def unauthorized() -> PlainTextResponse:
 
 class Authentication:
     """ASGI middleware: identify each request (its Principal in request.state.principal) and
-    answer 401 when it may not reach its path. The public paths pass untouched."""
+    answer 401 when it may not reach its path. The public paths pass untouched. A node without a
+    token (loopback only) answers a request without credentials only when its Host header names
+    this machine (403 otherwise): a web page whose host name an attacker makes resolve to 127.0.0.1 (DNS
+    rebinding) must not reach the page, Retry or STOW-RS from a browser on this machine."""
 
-    def __init__(self, app: ASGIApp, credentials: Credentials) -> None:
-        self.app, self.credentials = app, credentials
+    def __init__(self, app: ASGIApp, credentials: Credentials, http_host: str = "127.0.0.1"
+                 ) -> None:
+        self.app, self.credentials, self.http_host = app, credentials, http_host
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
@@ -170,6 +187,12 @@ class Authentication:
         state = scope.setdefault("state", {})
         principal = self.credentials.identify(Headers(scope=scope).get("authorization"),
                                               state.get(PEER_CN))
+        if principal is not None and principal.role is Role.ANONYMOUS and \
+                not self.credentials.token_required and not host_is_local(scope, self.http_host):
+            host = Headers(scope=scope).get("host", "")
+            await PlainTextResponse(f"refused: the host name {host!r} is not this node's: use "
+                                    "its loopback address\n", 403)(scope, receive, send)
+            return
         if principal is None or not principal.may(scope["path"], self.credentials.token_required):
             await unauthorized()(scope, receive, send)
             return

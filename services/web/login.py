@@ -48,9 +48,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dicomcr.config import is_loopback
-
-from .auth import Credentials, Principal, Role
+from .auth import Credentials, Principal, Role, host_is_local
 
 SESSION_SECONDS = 8 * 3600  # one shift; then the form again
 MAX_SESSIONS = 256  # the oldest goes when a new one would pass this
@@ -203,17 +201,6 @@ async def checked_form(request: Request) -> dict[str, str] | Response:
 
 def refused(why: str) -> PlainTextResponse:
     return PlainTextResponse(f"refused: {why}\n", 403)
-
-
-def host_is_local(scope: Scope, configured: str) -> bool:
-    """Whether the Host header names this machine: localhost, a loopback address or the
-    configured node.http_host (without the port)."""
-    host = Headers(scope=scope).get("host", "").strip()
-    if host.startswith("["):  # [::1]:8080
-        name = host[1:].split("]", 1)[0]
-    else:  # 127.0.0.1:8080, localhost
-        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return is_loopback(name) or name.lower() == configured.strip().lower()
 
 
 class Login:

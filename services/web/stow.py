@@ -269,7 +269,7 @@ class StowReceiver:
             part.path, sop_class_uid=uids[0], sop_instance_uid=uids[1], calling_ae=STOW_CALLER,
             site=sender.site, policy=sender.policy, storage=self.web.ctx.storage,
             store=self.web.ctx.store, max_bytes=self.max_bytes, disk=self.web.disk,
-            skipped=self.web.skipped(sender.site))
+            skipped=self.web.skipped(sender.site), locks=self.web.ctx.uid_locks)
         return PartResult(verdict.status, verdict.receipt, verdict.reason, *uids)
 
     def _record(self, result: PartResult, sender: Sender, seconds: float) -> None:
