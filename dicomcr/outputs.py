@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import threading
 from pathlib import Path
 
 
@@ -38,13 +40,19 @@ def output_file(path: Path) -> Path:
     return path
 
 
+def partial_name(path: Path) -> Path:
+    """A temporary name beside `path`, unique to this process and thread, for a write that is
+    renamed into place when whole (two writers of one file never share it)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+
+
 def write_text_atomically(path: Path, text: str, durable: bool = False) -> None:
     """Write `text` to `path` so that a reader sees the old file or the whole new one, never a
     part (a temporary name beside it, then a rename). `durable` also flushes it to the disk
     first, for files another machine acts on (a worker's result on shared storage)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
+    partial = partial_name(path)
     with open(partial, "w") as handle:
         handle.write(text)
         if durable:
@@ -91,3 +99,18 @@ def move_durably(source: Path, destination: Path) -> None:
         os.fsync(handle.fileno())
     os.replace(source, destination)
     fsync_folder(destination.parent)
+
+
+def place_durably(source: Path, target: Path) -> None:
+    """Put `source` at `target` atomically and durably: a hard link when on the same file system
+    (no bytes copied), else a copy; flushed, renamed over any earlier file, the folder flushed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_name(target)
+    try:
+        os.link(source, partial)
+    except OSError:
+        shutil.copyfile(source, partial)
+    with open(partial, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(partial, target)
+    fsync_folder(target.parent)

@@ -29,7 +29,7 @@ from .codec.j2k import (
 )
 from .dicom.derive import cr_label, derive
 from .dicom.source import InputError, has_dicm_preamble, read_source
-from .outputs import output_folder
+from .outputs import output_folder, partial_name
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -102,7 +102,7 @@ MANIFEST_COLUMNS = tuple(f.name for f in fields(ManifestRow))
 
 def _write_atomically(ds, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
+    partial = partial_name(path)
     ds.save_as(partial, enforce_file_format=True)
     os.replace(partial, path)
 

@@ -128,6 +128,7 @@ def retry_failed(storage: Storage, uids: Sequence[str] | None,
             now = site_policy(item.site) if site_policy and item.policy is not None else None
             current = now if now is not None and now != item.policy else None
             policy = current if use_current and current is not None else item.policy
-            store.retry(uid, back, policy if policy != item.policy else None)
-            retried.append(Retried(uid, item.what, policy, item.policy, current))
-    return RetryReport(retried, [uid for uid in wanted if uid not in failed])
+            if store.retry(uid, back, policy if policy != item.policy else None):
+                retried.append(Retried(uid, item.what, policy, item.policy, current))
+    done = {item.uid for item in retried}
+    return RetryReport(retried, [uid for uid in wanted if uid not in done])

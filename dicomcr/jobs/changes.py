@@ -1,9 +1,11 @@
 """Every change of a job's state, through the one table of allowed transitions (states.py).
 
-`move` is the only statement that sets a state: it checks the change against the table (raising
-ForbiddenTransition for one the table lacks) and applies it only to a row still in one of the
-states it starts from, so that a row that moved on meanwhile (an image sent again, a study that
-received another image) is left as it is and the caller learns it (False).
+`move` (and `move_all`, for every row in one state) is how a state changes, beside the two
+upserts of a received image and a derived object (checked against the table too): it checks the
+change against the table (raising ForbiddenTransition for one the table lacks) and applies it
+only to a row still in one of the states it starts from, so that a row that moved on meanwhile
+(an image sent again, a study that received another image) is left as it is and the caller
+learns it (False).
 
 Instances and studies share the life cycle of work handed to a worker (`Table`): handed out,
 handed back (its task never ran), retried later (a full disk), a worker's death counted, given
@@ -83,12 +85,12 @@ class StateChanges(Database):
         was replaced, or the node is stopping)."""
         return self.move(table, uid, table.queued, table.idle)
 
-    def retry_later(self, table: Table, uid: str, retry_at: float, error: str) -> None:
-        """Put a job back to wait, not before `retry_at` (its outputs met a full disk)."""
-        with self.sql() as db:
-            db.execute(f"UPDATE {table.name} SET next_attempt_at=?, error=?, updated_at=? "
-                       f"WHERE {table.key}=?", (retry_at, error, time.time(), uid))
-        self.move(table, uid, table.queued, table.idle)
+    def retry_later(self, table: Table, uid: str, retry_at: float, error: str) -> bool:
+        """Put a job handed out back to wait, not before `retry_at` (its outputs met a full
+        disk); False when it was not handed out (sent again meanwhile: the new one is not
+        delayed)."""
+        return self.move(table, uid, table.queued, table.idle, next_attempt_at=retry_at,
+                         error=error)
 
     def count_death(self, table: Table, uid: str) -> int:
         """One death of a worker with this job in flight: the job goes back to wait; the
@@ -191,9 +193,9 @@ class StateChanges(Database):
         moved = {} if quarantined is None else {"spool_path": str(quarantined)}
         return self.give_up(INSTANCES, uid, error, **moved)
 
-    def retry_transcode(self, uid: str, retry_at: float, error: str) -> None:
+    def retry_transcode(self, uid: str, retry_at: float, error: str) -> bool:
         """Transcode an instance again, not before `retry_at` (`retry_later`)."""
-        self.retry_later(INSTANCES, uid, retry_at, error)
+        return self.retry_later(INSTANCES, uid, retry_at, error)
 
     def worker_died(self, uid: str) -> int:
         """A transcoding worker died with this instance (`count_death`)."""
@@ -252,9 +254,9 @@ class StateChanges(Database):
         """A queued study waits again (`hand_back`)."""
         return self.hand_back(STUDIES, study_uid)
 
-    def study_retry(self, study_uid: str, retry_at: float, error: str) -> None:
+    def study_retry(self, study_uid: str, retry_at: float, error: str) -> bool:
         """Classify a study again, not before `retry_at` (`retry_later`)."""
-        self.retry_later(STUDIES, study_uid, retry_at, error)
+        return self.retry_later(STUDIES, study_uid, retry_at, error)
 
     def study_worker_died(self, study_uid: str) -> int:
         """The inference process died with this study (`count_death`)."""

@@ -20,6 +20,7 @@ import torch
 
 from dicomcr import __version__
 
+from ..outputs import partial_name
 from . import ARCHITECTURES, build_model
 
 FORMAT = "dicomcr-model"
@@ -84,7 +85,7 @@ def save_model(model: torch.nn.Module, info: ModelInfo, path: Path) -> None:
                 "info": json.dumps(info.__dict__, sort_keys=True)}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
+    partial = partial_name(path)
     safetensors.torch.save_file(tensors, str(partial), metadata=metadata)
     partial.replace(path)
 

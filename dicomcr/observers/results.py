@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..codec.j2k import CODEC_REVISION, PAPER_CRS, target_problems, uncompressed_bytes
-from ..outputs import write_text_atomically
+from ..outputs import partial_name, write_text_atomically
 from ..phantom.params import DETECTORS
 from .geometry import Pitch
 from .lesions import FindingType, LesionClass
@@ -241,7 +241,7 @@ def _cell(value: object) -> object:
 def write_results(out: Path, spec: DetectabilitySpec, rows: list[DetectabilityRow], meta: dict
                   ) -> None:
     """OUT/results.csv and results.json, each written whole or not at all."""
-    partial = out / ".results.csv.partial"
+    partial = partial_name(out / "results.csv")
     with open(partial, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow([f.name for f in fields(DetectabilityRow)])

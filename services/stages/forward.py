@@ -12,8 +12,6 @@ the job store and logged, one line per distinct reason.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ import pydicom.errors
 from dicomcr.config import DicomDestination, DicomWebDestination, FolderDestination
 from dicomcr.jobs import InstanceState, Job, ObjectKind
 from dicomcr.net.scu import ClientTLS, NetworkError, Peer, SendResult, send
+from dicomcr.outputs import place_durably
 
 from ..dicomweb import StowClient
 from .context import Loop, NodeContext
@@ -63,19 +62,6 @@ def archive_path(folder: Path, source: Path) -> Path:
     header = pydicom.dcmread(source, stop_before_pixels=True,
                              specific_tags=["StudyInstanceUID", "SOPInstanceUID"])
     return Path(folder) / str(header.StudyInstanceUID) / f"{header.SOPInstanceUID}.dcm"
-
-
-def place(source: Path, target: Path) -> None:
-    """Put `source` at `target` atomically: a hard link when on the same file system (no bytes
-    copied), else a copy; an earlier file there is replaced."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    partial.unlink(missing_ok=True)
-    try:
-        os.link(source, partial)
-    except OSError:
-        shutil.copyfile(source, partial)
-    os.replace(partial, target)
 
 
 class ForwardStage:
@@ -179,7 +165,7 @@ def _archive(jobs: list[Job], folder: Path) -> dict[str, str]:
     for job in jobs:
         try:
             for path in job.outputs:
-                place(path, archive_path(folder, path))
+                place_durably(path, archive_path(folder, path))
         except (OSError, pydicom.errors.InvalidDicomError) as exc:
             failed[job.sop_instance_uid] = f"archiving into {folder} failed: {exc}"
     return failed
