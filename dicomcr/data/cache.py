@@ -73,7 +73,9 @@ def _files(path: Path, header: ViewHeader | None, crs: list[float], p: Preproces
 def claim_image(sop_uid: str, pixels: np.ndarray, cache: Path) -> None:
     """Record in `cache` which pixels the SOP Instance UID `sop_uid` names there (a digest), or
     refuse other pixels under a UID already claimed: a cache keyed by UID must never give one
-    image's crops to another (phantom cohorts of one seed but other sizes or mixes reuse UIDs)."""
+    image's crops to another. Checked whenever a view's crops are computed (a view whose every
+    crop is cached is not read again, so not checked); phantom UIDs name everything that shapes
+    the pixels, so only a dataset that reuses UIDs for other images meets it."""
     digest = hashlib.sha256(f"{pixels.dtype.str}{pixels.shape}".encode())
     digest.update(np.ascontiguousarray(pixels).tobytes())
     record = cache / f"image-{_hash({'sop': sop_uid})}.sha256"

@@ -2,8 +2,9 @@
 
     GET  /                    the page: health in words, what needs attention (failures and
                               refusals with why, forwarding retries with the next try), the work
-                              queue, each site (policy, counts, achieved CR, the audit's
-                              verdicts), the last studies with their images and thumbnails
+                              queue, each site (policy, counts, achieved CR, the guideline
+                              verdict; the model and detectability verdicts are `dicomcr
+                              audit`'s), the last studies with their images and thumbnails
     GET  /live                the same page's live part alone (what the script swaps)
     POST /retry               Retry: one failed item (`uid`) or every failed one, as
                               `dicomcr retry` does (dicomcr.jobs.admin.retry_failed, at the
