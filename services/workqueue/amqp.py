@@ -356,17 +356,30 @@ class AmqpQueue:
     def describe(self) -> QueueView:
         """Each task queue's depth and consumers (the `dicomcr worker` processes taking it), as
         RabbitMQ reports them to a passive declare; unknown while the broker is unreachable."""
+        from kombu import Connection
+
         with self._lock:
             running = {kind: len(self._published[kind]) for kind in TaskKind}
         counts: dict[TaskKind, tuple[int | None, int | None]] = {}
-        with self._publish_lock:
+        if self._publisher is None:  # the queues are declared with the publishing connection
+            with self._publish_lock:
+                try:
+                    self._producer()
+                except Exception as exc:
+                    self._drop_publisher()
+                    self._broker_failed(exc)
+        with self._dead_lock:  # the reading connection: publishing never waits on a page
             try:
-                channel = self._producer().channel
+                if self._dead_connection is None:
+                    self._dead_connection = Connection(self.url,
+                                                       connect_timeout=PUBLISH_TIMEOUT_SECONDS,
+                                                       transport_options=NO_RETRY)
+                channel = self._dead_connection.default_channel
                 for kind in TaskKind:
                     _, waiting, consumers = channel.queue_declare(QUEUES[kind], passive=True)
                     counts[kind] = (waiting, consumers)
-            except Exception as exc:  # the broker is down: said, and counted as such
-                self._drop_publisher()
+            except Exception as exc:  # the broker is down (or the queues not declared yet)
+                self._drop_dead_connection()
                 self._broker_failed(exc)
         lines = tuple(QueueLine(kind, running[kind], *counts.get(kind, (None, None)))
                       for kind in TaskKind)
