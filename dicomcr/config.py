@@ -112,8 +112,10 @@ class Policy:
         return self.kind is not Compression.PASS_THROUGH
 
 
-# What an unknown calling AE gets when accept_unknown_ae lets it in.
+# What an unknown calling AE (or STOW-RS sender) gets when accept_unknown_ae lets it in, and the
+# site name its instances are recorded under.
 UNKNOWN_AE_POLICY = Policy(Compression.CR, 20.0)
+UNKNOWN_SITE = "unknown"
 
 
 class ConfigError(ValueError):
@@ -482,6 +484,12 @@ class Config(Strict):
 
     def site_for_name(self, name: str) -> Site | None:
         return next((site for site in self.sites if site.name == name), None)
+
+    def policy_of(self, site_name: str) -> Policy:
+        """The policy of the site named so now (a name no longer configured, such as the
+        unknown AEs' site: UNKNOWN_AE_POLICY)."""
+        site = self.site_for_name(site_name)
+        return site.policy if site is not None else UNKNOWN_AE_POLICY
 
     @property
     def accepts_any_ae(self) -> bool:

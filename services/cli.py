@@ -117,7 +117,6 @@ def retry(
     """Give failed items another go (see `dicomcr status --failed`); a running node takes them
     up. A source kept in quarantine goes back to the spool. An image is transcoded at the policy
     recorded when it was received unless --current-policy is given."""
-    from dicomcr.config import UNKNOWN_AE_POLICY
     from dicomcr.jobs import Storage, StoreError
     from dicomcr.jobs.admin import retry_failed
 
@@ -128,12 +127,8 @@ def retry(
     if not storage.store.is_file():
         fail(f"no job store at {storage.store}: has the node run with this configuration?")
 
-    def site_policy(name: str):
-        site = settings.site_for_name(name)
-        return site.policy if site is not None else UNKNOWN_AE_POLICY
-
     try:
-        report = retry_failed(storage, None if all_failed else uids, site_policy, current_policy)
+        report = retry_failed(storage, None if all_failed else uids, settings.policy_of, current_policy)
     except (StoreError, OSError) as exc:
         fail(f"cannot retry: {exc}")
     for item in report.retried:

@@ -38,7 +38,7 @@ from typing import Protocol
 
 from starlette.routing import BaseRoute
 
-from dicomcr.config import Config
+from dicomcr.config import UNKNOWN_SITE, Config
 from dicomcr.jobs import DiskReserve, DiskSpace, JobStore, Storage, StoreError, queue_depth
 
 from .health import NodeStatus
@@ -102,7 +102,7 @@ class Node:
         default_model = inference.model if inference else None
         self.models: dict[str, Path | None] = {
             site.name: site.model or default_model for site in config.sites}
-        self.models["unknown"] = default_model
+        self.models[UNKNOWN_SITE] = default_model
         self.inference_device = inference.device if inference else "auto"
         self.model_problems: dict[str, str] = {}
         self.usable_models: dict[str, Path | None] = {}

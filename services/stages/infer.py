@@ -14,7 +14,6 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-from dicomcr.config import UNKNOWN_AE_POLICY
 from dicomcr.jobs import STUDIES, StudyJob, StudyState
 
 from ..workqueue import InferenceResult, InferenceTask, StudyTask, TaskKind
@@ -90,10 +89,8 @@ class InferenceStage(QueuedStage):
         ctx = self.ctx
         tasks = []
         for study in studies:
-            site = ctx.config.site_for_name(study.site)
-            policy = site.policy if site else UNKNOWN_AE_POLICY
             tasks.append(StudyTask(study.uid, study.files, ctx.storage.derived_of(study.uid),
-                                   policy))
+                                   ctx.config.policy_of(study.site)))
         return self._hand_out(studies, InferenceTask(Path(model), self.device, tuple(tasks)))
 
     def _done(self, study: StudyJob, result: InferenceResult) -> None:

@@ -47,7 +47,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import AssociationSocket
 
-from dicomcr.config import UNKNOWN_AE_POLICY
+from dicomcr.config import UNKNOWN_AE_POLICY, UNKNOWN_SITE
 from dicomcr.jobs import DiskReserve
 from dicomcr.outputs import is_disk_full
 
@@ -237,7 +237,7 @@ class ReceiveStage:
         calling = event.assoc.requestor.ae_title.strip()
         site = self.ctx.config.site_for(calling)
         if site is None:  # accepted as unknown (accept_unknown_ae): the built-in default, CR 20
-            site_name, policy = "unknown", UNKNOWN_AE_POLICY
+            site_name, policy = UNKNOWN_SITE, UNKNOWN_AE_POLICY
         else:
             site_name, policy = site.name, site.policy
         request = event.request

@@ -46,7 +46,7 @@ from starlette.staticfiles import StaticFiles
 
 from dicomcr.audit.audit import Guideline, guideline_verdict, load_guidelines
 from dicomcr.audit.verdicts import GuidelineStatus, ModelStatus
-from dicomcr.config import UNKNOWN_AE_POLICY, Compression, Config, Policy
+from dicomcr.config import Compression, Config, Policy
 from dicomcr.dicom.uids import check_uid
 from dicomcr.jobs import Counts, FailedWhat, InstanceState, ObjectKind, StudyState
 from dicomcr.jobs.admin import read_failed, retry_failed
@@ -391,11 +391,8 @@ def retry_items(web: WebContext, uids: Iterable[str] | None) -> tuple[int, int]:
     node takes them up at once; (retried, no longer failed)."""
     config = web.ctx.config
 
-    def site_policy(name: str) -> Policy:
-        site = config.site_for_name(name)
-        return site.policy if site is not None else UNKNOWN_AE_POLICY
-
-    report = retry_failed(web.ctx.storage, None if uids is None else list(uids), site_policy)
+    report = retry_failed(web.ctx.storage, None if uids is None else list(uids),
+                          config.policy_of)
     web.ctx.wake(Loop.TRANSCODE, Loop.INFER)
     return len(report.retried), len(report.unknown)
 

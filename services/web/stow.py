@@ -45,7 +45,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from dicomcr.config import UNKNOWN_AE_POLICY, Config, Policy
+from dicomcr.config import UNKNOWN_AE_POLICY, UNKNOWN_SITE, Config, Policy
 from dicomcr.dicom.uids import check_uid
 from dicomcr.jobs import DiskReserve
 from dicomcr.outputs import is_disk_full
@@ -98,7 +98,7 @@ def sender_of(principal: Principal, config: Config) -> Sender | None:
     site = config.site_for("")  # no AE title: only a '*' site matches
     if site is not None:
         return Sender(site.name, site.policy)
-    return Sender("unknown", UNKNOWN_AE_POLICY) if config.node.accept_unknown_ae else None
+    return Sender(UNKNOWN_SITE, UNKNOWN_AE_POLICY) if config.node.accept_unknown_ae else None
 
 
 @dataclass(frozen=True)
