@@ -209,7 +209,8 @@ def transcode_tree(source: Path, out: Path, targets: Sequence[float], lossless: 
                    progress: Callable[[int, int], None] | None = None) -> TreeTranscoded:
     """Transcode a DICOM file, or every DICOM file under a folder, into OUT/<cr label>/... (see
     `transcode_file`) with `workers` processes, and write OUT/manifest.csv; `progress(done,
-    total)` after each file. A file or target that fails is a failed row, never an exception.
+    total)` after each file. A file or target that fails is a failed row; a full disk or a worker process
+    that died stops the run with that error (and no manifest).
 
     ValueError, before any work, for a bad target, nothing to do, no DICOM file under `source`
     (or no `source`) and an `out` that cannot be written."""

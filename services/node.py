@@ -86,8 +86,8 @@ class Stage(Protocol):
 
 
 class Node:
-    """One running node; `start` returns at once, `stop` drains and returns. `web_routes`: routes
-    the HTTP face serves besides its own (the operator page), taking precedence."""
+    """One running node; `start` returns at once, `stop` drains and returns. `web_routes`: more
+    routes for the HTTP face, ahead of its own (health, metrics, the page, STOW-RS)."""
 
     def __init__(self, config: Config, poll_seconds: float = 0.2,
                  web_routes: Sequence[BaseRoute] = ()) -> None:

@@ -22,7 +22,8 @@ FailedSOPSequence (each failed item's Failure Reason as in Table I.2-2):
     400 not a multipart body, or a bad Study Instance UID in the URL (one line of text)
     415 not multipart/related; type="application/dicom"              401/403 see above
     408 the client sent nothing for node.network_timeout: what it held is freed, the part it
-        was sending dropped, the connection closed (the parts it finished were answered for)
+        was sending dropped, the connection closed (one line of text: the parts it finished
+        before are stored, but not listed: send them again, a re-sent instance replaces itself)
     503 the node is stopping
 """
 
