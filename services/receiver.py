@@ -10,6 +10,7 @@ peer may send it again later.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -66,6 +67,22 @@ STORED = Verdict(SUCCESS, Receipt.STORED)
 def no_space(reason: str) -> Verdict:
     """Out of Resources: nothing is wrong with the instance, the peer may send it again later."""
     return Verdict(OUT_OF_RESOURCES, Receipt.NO_SPACE, reason)
+
+
+def write_or_give_back(fd: int, data: bytes | memoryview) -> OSError | None:
+    """Write all of `data` to the file `fd` as an instance arrives; on a full disk, truncate the
+    file (the space goes back at once) and return the error, for the caller to drop the rest and
+    answer Out of Resources; any other error is raised."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        os.ftruncate(fd, 0)
+        return exc
+    return None
 
 
 def _refuse(storage: Storage, received: Path, status: int, reason: str, hint: str) -> Verdict:

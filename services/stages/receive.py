@@ -51,7 +51,7 @@ from dicomcr.config import UNKNOWN_AE_POLICY, UNKNOWN_SITE
 from dicomcr.jobs import DiskReserve
 from dicomcr.outputs import is_disk_full
 
-from ..receiver import Receipt, Verdict, accept, no_space
+from ..receiver import Receipt, Verdict, accept, no_space, write_or_give_back
 from .context import Loop, NodeContext
 
 log = logging.getLogger("dicomcr.node")
@@ -149,17 +149,9 @@ class _IncomingFile:
             on_full(exc)
 
     def write(self, data: bytes) -> int:
-        if self.dropped is None:
-            view = memoryview(data)
-            try:
-                while view:
-                    view = view[os.write(self._fd, view):]
-            except OSError as exc:
-                if not is_disk_full(exc):
-                    raise
-                self.dropped = f"the disk filled up while the instance arrived ({exc.strerror})"
-                os.ftruncate(self._fd, 0)  # give the space back at once
-                self._on_full(exc)
+        if self.dropped is None and (full := write_or_give_back(self._fd, data)) is not None:
+            self.dropped = f"the disk filled up while the instance arrived ({full.strerror})"
+            self._on_full(full)
         return len(data)
 
     def flush(self) -> None:  # unbuffered: every write is already the file's

@@ -51,7 +51,7 @@ from dicomcr.dicom.uids import check_uid
 from dicomcr.jobs import DiskReserve
 from dicomcr.outputs import is_disk_full
 
-from ..receiver import CANNOT_UNDERSTAND, Receipt, Verdict, accept, no_space
+from ..receiver import CANNOT_UNDERSTAND, Receipt, Verdict, accept, no_space, write_or_give_back
 from ..stages.receive import STORAGE_CLASSES, TRANSFER_SYNTAXES, record_receipt
 from .auth import PRINCIPAL, Principal, Role, unauthorized
 from .context import WebContext
@@ -174,16 +174,9 @@ class IncomingPart:
         self.size += len(data)
         if self._fd < 0 or self.dropped is not None or room <= 0:
             return
-        view = memoryview(data)[:room]
-        try:
-            while view:
-                view = view[os.write(self._fd, view):]
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-            self.dropped = f"the disk filled up while the part arrived ({exc.strerror})"
-            os.ftruncate(self._fd, 0)  # give the space back at once
-            self._on_full(exc)
+        if (full := write_or_give_back(self._fd, memoryview(data)[:room])) is not None:
+            self.dropped = f"the disk filled up while the part arrived ({full.strerror})"
+            self._on_full(full)
 
     def close(self) -> None:
         if self._fd >= 0:
