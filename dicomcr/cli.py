@@ -109,7 +109,13 @@ def _meter(bar: Progress, name: str, unit: str) -> Callable[..., None]:
 
 
 def _say(text: str) -> None:
-    console.print(text, style="yellow", markup=False, highlight=False)
+    """A note on stderr, never folded: a path in it stays one piece to copy from a log."""
+    console.print(text, style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+
+def path_line(text: str, err: bool = True) -> None:
+    """A line that names a file (stderr, or stdout with err=False), never folded at the width."""
+    (console if err else Console()).print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _workers(workers: int) -> int:
@@ -177,7 +183,7 @@ def transcode(
         run = transcode_tree(source, out, targets, lossless, psnr=psnr, workers=_workers(workers),
                              progress=_meter(bar, "transcode", "files"))
     Console().print(transcode_table(run, psnr))
-    console.print(f"manifest: {run.manifest}")
+    path_line(f"manifest: {run.manifest}")
     if run.failed:
         console.print(run.failures(), style="bold red", markup=False)
         raise typer.Exit(code=1)
@@ -410,7 +416,7 @@ def evaluate(
                               seed=seed, workers=_workers(workers), events=events)
     Console().print(tables.tested_table(result, str(data)))
     if predictions is not None:
-        console.print(f"predictions: {predictions}")
+        path_line(f"predictions: {predictions}")
 
 
 @commands.command()
@@ -448,10 +454,10 @@ def cv(
                      executor=here)
         meter(len(run.plans) * folds, len(run.plans) * folds)
     if run.reused:
-        console.print(f"{run.reused} fold(s) were finished before and reused from {out}/folds")
+        path_line(f"{run.reused} fold(s) were finished before and reused from {out}/folds")
     Console().print(tables.cv_tables(run, cross or augment))
     for path in run.written:
-        console.print(f"wrote {path}")
+        path_line(f"wrote {path}")
 
 
 @commands.command()
@@ -464,7 +470,7 @@ def report(
 
     check_writable(out)
     with refused():
-        Console().print(f"report: {write_results_report(results, out)}")
+        path_line(f"report: {write_results_report(results, out)}", err=False)
 
 
 @commands.command()
@@ -484,7 +490,7 @@ def saliency(
     for line in result.problems:
         _say(line)
     Console().print(result.table(study))
-    console.print(f"{len(result.written)} DICOM objects under {out}; figure: {result.figure}")
+    path_line(f"{len(result.written)} DICOM objects under {out}; figure: {result.figure}")
 
 
 @commands.command()

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from dicomcr.cli import HELP, check_writable, commands, console, fail, make_app, refused
+from dicomcr.cli import HELP, check_writable, commands, console, fail, make_app, path_line, refused
 
 from .node import Node, NodeError
 
@@ -155,7 +155,7 @@ def conformance(
     else:
         check_writable(out)
         out.write_text(text)
-        console.print(f"wrote {out}")
+        path_line(f"wrote {out}")
 
 
 @node_app.command()

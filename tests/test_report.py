@@ -63,7 +63,8 @@ def test_a_held_out_report_speaks_of_the_held_out_test_set(held_out: Path) -> No
     assert "Table 1: the model tested at the CR it was trained at" in text
     assert "DeLong's paired test on the same breasts of the held-out test set" in text
     assert "against every non-malignant breast, on the held-out test set" in text
-    assert "fold" not in text.lower(), text  # no folds, no out-of-fold, no fold mean ± sd
+    words = text.replace(str(held_out.parent), "")  # its own folder's name may say anything
+    assert "fold" not in words.lower(), text  # no folds, no out-of-fold, no fold mean ± sd
 
 
 def test_a_cv_report_keeps_its_folds(tmp_path: Path) -> None:
