@@ -160,10 +160,19 @@ class Reading:
         return f"{_num(self.dprime_cr1)} \u2192 {_num(self.dprime)}"
 
     @property
+    def percent(self) -> str:
+        """'−69 %': the paired change in % of the uncompressed d'."""
+        return f"{_num(self.delta_pct, '.0f')} %"
+
+    @property
+    def interval(self) -> str:
+        """'−81 to −56': the paired change's 95 % CI, in %."""
+        return f"{_num(self.delta_pct_low, '.0f')} to {_num(self.delta_pct_high, '.0f')}"
+
+    @property
     def change(self) -> str:
         """'−69 % (−81 to −56)': the paired change and its 95 % CI."""
-        return (f"{_num(self.delta_pct, '.0f')} % ({_num(self.delta_pct_low, '.0f')} to "
-                f"{_num(self.delta_pct_high, '.0f')})")
+        return f"{self.percent} ({self.interval})"
 
 
 def _best(rows: Iterable[DetectabilityRow]) -> DetectabilityRow:
@@ -188,6 +197,11 @@ class FindingVerdict:
         return self.detector.verdict
 
     @property
+    def readings(self) -> tuple[Reading, ...]:
+        """Its reading at the detector's pitch, then at the paper's when measured."""
+        return (self.detector,) if self.paper is None else (self.detector, self.paper)
+
+    @property
     def name(self) -> str:
         """'calcification cluster 0.35 mm'"""
         return f"{self.finding.label} {self.size_mm:.2g} mm" + (
@@ -197,13 +211,12 @@ class FindingVerdict:
         """'calcification cluster 0.35 mm: d′ 2.8 → 0.9 (−69 %, 95 % CI −81 to −56 %) at CR 5000:
         lost (NPWE at 0.07 mm; at the CNN's 0.23 mm, NPWE: d′ 1.8 → 1.3, −28 %: degraded)'"""
         d = self.detector
-        out = (f"{self.name}: d\u2032 {d.dprimes} ({_num(d.delta_pct, '.0f')} %, 95 % CI "
-               f"{_num(d.delta_pct_low, '.0f')} to {_num(d.delta_pct_high, '.0f')} %) at CR "
+        out = (f"{self.name}: d\u2032 {d.dprimes} ({d.percent}, 95 % CI {d.interval} %) at CR "
                f"{self.cr:g}: {d.verdict} ({d.observer_name} at {d.pitch_mm:.2g} mm")
         if self.paper is not None:
             p = self.paper
             out += (f"; at the CNN's {p.pitch_mm:.2g} mm, {p.observer_name}: d\u2032 {p.dprimes}, "
-                    f"{_num(p.delta_pct, '.0f')} %: {p.verdict}")
+                    f"{p.percent}: {p.verdict}")
         return out + ")"
 
 
@@ -224,6 +237,19 @@ def finding_verdicts(rows: Iterable[DetectabilityRow], rule: VerdictRule = RULE
                                   read.get(Pitch.PAPER)))
     order = list(FindingType)
     return sorted(out, key=lambda v: (v.cr, order.index(v.finding), v.size_mm, v.contrast))
+
+
+def by_line(verdicts: Iterable[FindingVerdict]) -> dict[tuple[str, Pitch], dict[float, Reading]]:
+    """{(finding x size, pitch): {CR: its reading}}: each line of a run, in the verdicts' finding
+    order, the detector's pitch before the paper's, CRs ascending."""
+    verdicts = sorted(verdicts, key=lambda v: v.cr)
+    lines: dict[tuple[str, Pitch], dict[float, Reading]] = defaultdict(dict)
+    for v in verdicts:
+        for reading in v.readings:
+            lines[(v.name, reading.pitch)][v.cr] = reading
+    names, pitches = list(dict.fromkeys(v.name for v in verdicts)), list(Pitch)
+    return {key: lines[key] for key in sorted(lines, key=lambda k: (names.index(k[0]),
+                                                                     pitches.index(k[1])))}
 
 
 def worst(verdicts: Iterable[Verdict]) -> Verdict | None:
@@ -343,13 +369,8 @@ def onsets(results: DetectabilityResults, rule: VerdictRule = RULE) -> list[Onse
     """Every finding x size of every vendor at every pitch of a run (in that order), where it falls."""
     out = []
     for vendor, verdicts in results_verdicts(results, rule).items():
-        lines: dict[tuple[str, Pitch], list[tuple[float, Reading]]] = defaultdict(list)
-        for v in verdicts:
-            for reading in filter(None, (v.detector, v.paper)):
-                lines[(v.name, reading.pitch)].append((v.cr, reading))
-        names, pitches = list(dict.fromkeys(v.name for v in verdicts)), list(Pitch)
-        for name, pitch in sorted(lines, key=lambda k: (names.index(k[0]), pitches.index(k[1]))):
-            points = sorted(lines[(name, pitch)], key=lambda p: p[0])
+        for (name, _), by_cr in by_line(verdicts).items():
+            points = list(by_cr.items())
             degraded = [cr for cr, r in points if r.verdict in (Verdict.DEGRADED, Verdict.LOST)]
             lost = [cr for cr, r in points if r.verdict is Verdict.LOST]
             out.append(Onset(vendor, name, points[0][1], degraded[0] if degraded else None,

@@ -15,7 +15,7 @@ from ..experiments.report import REPORT, ReportError, html_image, html_table, wr
 from ..observers import DetectabilityError, DetectabilityResults, Pitch, load_results
 from ..observers.results import FIGURES
 from ..phantom.params import DETECTORS
-from .detectability import Reading, results_verdicts, rule_text
+from .detectability import Reading, by_line, results_verdicts, rule_text
 
 VERDICT_COLOURS = {"kept": "#1a7f37", "degraded": "#a15c00", "lost": "#b00020", "not seen": "#777"}
 PITCH_NAMES = {Pitch.DETECTOR: "detector", Pitch.PAPER: "CNN (30 %)"}
@@ -32,7 +32,7 @@ def is_detectability(root: Path) -> bool:
 
 def _cell(reading: Reading) -> str:
     colour = VERDICT_COLOURS.get(reading.verdict.value, "#222")
-    return (f"{html.escape(reading.change.split(' (')[0])}<br>"
+    return (f"{html.escape(reading.percent)}<br>"
             f"<small style='color:{colour}'>{html.escape(reading.verdict.value)}</small>")
 
 
@@ -65,12 +65,8 @@ def detectability_page(results: DetectabilityResults) -> list[str]:
             parts += [f"<h2>{html.escape(title)}</h2>", html_image(root / name, title)]
     for vendor, verdicts in results_verdicts(results).items():
         crs = sorted({v.cr for v in verdicts})
-        lines: dict[tuple[str, Pitch], dict[float, Reading]] = {}
-        for v in verdicts:
-            for reading in filter(None, (v.detector, v.paper)):
-                lines.setdefault((v.name, reading.pitch), {})[v.cr] = reading
         body = []
-        for (name, pitch), by_cr in lines.items():
+        for (name, pitch), by_cr in by_line(verdicts).items():
             first = next(iter(by_cr.values()))
             body.append([html.escape(name), f"{PITCH_NAMES[pitch]} {first.pitch_mm:.2g} mm",
                          first.observer_name, f"{first.dprime_cr1:.2f}",

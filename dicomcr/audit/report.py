@@ -127,7 +127,7 @@ class AuditView:
                              "change % (95% CI)", "verdict"):
                     table.add_column(name, no_wrap=True)
                 for f in g.findings:
-                    for number, r in enumerate(filter(None, (f.detector, f.paper))):
+                    for number, r in enumerate(f.readings):
                         table.add_row(f.name if number == 0 else "",
                                       f"{'CNN ' if number else ''}{r.pitch_mm:.2g} mm",
                                       r.observer_name, r.dprimes, r.change,
