@@ -39,6 +39,7 @@ from ..codec.j2k import (
     highest_ratio,
 )
 from ..dicom.source import SourceImage, read_source
+from ..outputs import write_text_atomically
 from .dataset import Breast, ViewHeader
 from .preprocess import Preprocessing, breast_input, normalise_image, resize_and_crop
 
@@ -86,10 +87,7 @@ def claim_image(sop_uid: str, pixels: np.ndarray, cache: Path) -> None:
                              f"cohorts of one seed with other numbers of studies or mixes do) cannot "
                              f"share a cache; give this one its own --cache")
         return
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = record.with_name(f".{record.name}.{os.getpid()}.partial")
-    partial.write_text(digest.hexdigest() + "\n")
-    partial.replace(record)
+    write_text_atomically(record, digest.hexdigest() + "\n")
 
 
 def store_crops(source: SourceImage, laterality: str, view: str, files: dict[float, Path],

@@ -21,6 +21,7 @@ from PIL import Image
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from dicomcr.jobs import Storage
+from dicomcr.outputs import partial_name
 
 THUMBNAIL_SIDE = 320  # pixels, the longer side: sharp at 160 CSS pixels on a HiDPI screen
 REMEMBERED = 4096  # headers kept in memory (the last studies' derived objects, many times over)
@@ -123,7 +124,7 @@ def thumbnail(storage: Storage, capture: Capture) -> Path:
     encoded = io.BytesIO()
     image.save(encoded, "PNG")
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.partial")
+    partial = partial_name(target)
     partial.write_bytes(encoded.getvalue())
     os.replace(partial, target)
     return target
