@@ -10,6 +10,7 @@ peer may send it again later.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from enum import Enum
@@ -190,7 +191,7 @@ def accept(received: Path, *, sop_class_uid: str, sop_instance_uid: str, calling
                            f"Pixel Data holds {present} bytes, {expected + expected % 2} expected "
                            "(Rows x Columns x Samples x Frames x BitsAllocated / 8)", uid)
     path = storage.spooled(uid)  # a validated UID: digits and dots, no way out of spool/
-    with (locks or UidLocks())(uid):
+    with locks(uid) if locks is not None else contextlib.nullcontext():  # no node: no one to wait
         return _store(received, path, store, uid=uid, sop_class_uid=sop_class_uid,
                       study_uid=str(ds.StudyInstanceUID), calling_ae=calling_ae, site=site,
                       policy=policy, size=size, skipped=skipped)

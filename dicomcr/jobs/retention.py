@@ -39,14 +39,13 @@ class Retention(StateChanges, ReadModels):
 
 
 def purge_delivered(store: Retention, storage: Storage, older_than_seconds: float,
-                    locks: UidLocks | None = None, limit: int = 256) -> int:
+                    locks: UidLocks, limit: int = 256) -> int:
     """Delete the files (the received source and its outputs) of up to `limit` objects delivered
     more than `older_than_seconds` ago, and their outputs' folders left empty; how many. Each
     object is marked purged first, under its UID's lock (`locks`: the receiver's), so that an
     image sent again meanwhile keeps its new files."""
     root = storage.root.resolve()
     cutoff = time.time() - older_than_seconds
-    locks = locks or UidLocks()
     purged = 0
     for job in store.delivered_before(cutoff, limit):
         with locks(job.uid):
