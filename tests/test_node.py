@@ -194,8 +194,11 @@ def test_destination_down_then_up_and_a_killed_node_loses_nothing(
     def said() -> list[str]:
         return json.loads(_http(http_port, "/healthz"))["warnings"]
 
-    deadline = time.monotonic() + 30  # the destination down: /healthz says so, and what waits
-    while not any("destination pacs unreachable" in w for w in said()):
+    # The destination down: /healthz says so, and what waits. The warning comes with the first
+    # failed try, which may precede the last transcode on a loaded machine: wait for all four.
+    deadline = time.monotonic() + 60
+    while not any("destination pacs unreachable" in w and "4 objects waiting" in w
+                  for w in said()):
         assert time.monotonic() < deadline, said()
         time.sleep(0.25)
     (warning,) = said()
