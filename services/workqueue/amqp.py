@@ -193,8 +193,11 @@ class AmqpQueue:
         # {kind: {task id: (its result file, the task)}}: what was published and has not come back
         self._published: dict[TaskKind, dict[str, tuple[Path, Task]]] = {k: {} for k in TaskKind}
         self._dead: dict[TaskKind, list[Result]] = {k: [] for k in TaskKind}
-        self._dead_lock = threading.Lock()
-        self._dead_connection = None  # kombu Connection, see _drain_dead_letters
+        # The reading connection (kombu), for the dead-letter queue and the queues' depths, so
+        # that publishing never waits on a read: opened once, and again after a failure. Its
+        # lock also guards `_dead` and the next dead-letter check.
+        self._reader_lock = threading.Lock()
+        self._reader = None
         self._next_dead_check = 0.0
         self._broker_error: tuple[float, str] | None = None
         self._publisher: tuple | None = None  # (connection, producer)
@@ -288,7 +291,7 @@ class AmqpQueue:
         """Tasks RabbitMQ gave up on, as results saying so. The dead-letter queue is read at most
         once a second, by whichever stage asks first (a connection is not shared between
         threads); what belongs to the other kind waits for it in `_dead`."""
-        with self._dead_lock:
+        with self._reader_lock:
             if time.monotonic() >= self._next_dead_check:
                 self._next_dead_check = time.monotonic() + DEAD_LETTER_CHECK_SECONDS
                 self._drain_dead_letters()
@@ -296,33 +299,37 @@ class AmqpQueue:
         return found
 
     def _drain_dead_letters(self) -> None:
-        """Read the dead-letter queue on a connection of its own (held under `_dead_lock`,
-        opened once and again after a failure, not once a second)."""
-        from kombu import Connection, Queue
+        """Read the dead-letter queue on the reading connection (under `_reader_lock`)."""
+        from kombu import Queue
 
         if self._publisher is None:  # nothing published yet (or the broker is down)
             return
         try:
-            if self._dead_connection is None:
-                self._dead_connection = Connection(self.url,
-                                                   connect_timeout=PUBLISH_TIMEOUT_SECONDS,
-                                                   transport_options=NO_RETRY)
-            queue = Queue(DEAD_LETTER_QUEUE, channel=self._dead_connection.default_channel,
-                          no_declare=True)
+            queue = Queue(DEAD_LETTER_QUEUE, channel=self._reading_channel(), no_declare=True)
             while (message := queue.get(no_ack=False, accept=["json"])) is not None:
                 self._record_dead(message.headers or {}, message.payload)
                 message.ack()
             if self._publisher is not None:  # the broker answers again
                 self._broker_error = None
         except Exception as exc:  # the broker is down: said in warnings, read again later
-            self._drop_dead_connection()
+            self._drop_reader()
             self._broker_failed(exc)
 
-    def _drop_dead_connection(self) -> None:
-        if self._dead_connection is not None:
+    def _reading_channel(self):
+        """The reading connection's channel, connecting first when it is not open; the caller
+        holds `_reader_lock` and calls `_drop_reader` when a read fails."""
+        from kombu import Connection
+
+        if self._reader is None:
+            self._reader = Connection(self.url, connect_timeout=PUBLISH_TIMEOUT_SECONDS,
+                                      transport_options=NO_RETRY)
+        return self._reader.default_channel
+
+    def _drop_reader(self) -> None:
+        if self._reader is not None:
             with contextlib.suppress(Exception):
-                self._dead_connection.close()
-            self._dead_connection = None
+                self._reader.close()
+            self._reader = None
 
     def _record_dead(self, headers: dict, payload: object) -> None:
         """One dead-lettered task message (Celery's protocol 2: headers name the task and its
@@ -356,8 +363,6 @@ class AmqpQueue:
     def describe(self) -> QueueView:
         """Each task queue's depth and consumers (the `dicomcr worker` processes taking it), as
         RabbitMQ reports them to a passive declare; unknown while the broker is unreachable."""
-        from kombu import Connection
-
         with self._lock:
             running = {kind: len(self._published[kind]) for kind in TaskKind}
         counts: dict[TaskKind, tuple[int | None, int | None]] = {}
@@ -368,18 +373,14 @@ class AmqpQueue:
                 except Exception as exc:
                     self._drop_publisher()
                     self._broker_failed(exc)
-        with self._dead_lock:  # the reading connection: publishing never waits on a page
+        with self._reader_lock:  # publishing never waits on a page
             try:
-                if self._dead_connection is None:
-                    self._dead_connection = Connection(self.url,
-                                                       connect_timeout=PUBLISH_TIMEOUT_SECONDS,
-                                                       transport_options=NO_RETRY)
-                channel = self._dead_connection.default_channel
+                channel = self._reading_channel()
                 for kind in TaskKind:
                     _, waiting, consumers = channel.queue_declare(QUEUES[kind], passive=True)
                     counts[kind] = (waiting, consumers)
             except Exception as exc:  # the broker is down (or the queues not declared yet)
-                self._drop_dead_connection()
+                self._drop_reader()
                 self._broker_failed(exc)
         lines = tuple(QueueLine(kind, running[kind], *counts.get(kind, (None, None)))
                       for kind in TaskKind)
@@ -402,6 +403,6 @@ class AmqpQueue:
     def close(self) -> None:
         with self._publish_lock:
             self._drop_publisher()
-        with self._dead_lock:
-            self._drop_dead_connection()
+        with self._reader_lock:
+            self._drop_reader()
         self.app.close()
